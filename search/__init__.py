@@ -1,0 +1,18 @@
+"""The search service: experiment spec, search space, Ray orchestration, report and export.
+
+`from search import load_best` loads a finished search's best model in one line.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from search.export import Predictor
+
+
+def load_best(out: str, device: Any = None) -> "Predictor":
+    """Load the best model a search exported into `out/best/`; see `search.export.load_best`."""
+    from search.export import load_best as _load_best  # torch loads only when asked for
+
+    return _load_best(out, device)

@@ -1,0 +1,143 @@
+"""`python -m search.run EXPERIMENT [options]`: run a hyperparameter search end to end.
+
+experiment file -> spec -> data cache -> Ray Tune search -> report table -> best/ export.
+A user error (bad field, missing folder, missing weights) is one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from search.spec import Experiment, SpecError, load_experiment, replace
+from trainables import data
+from trainables.models import WeightsUnavailable
+
+EXIT_USAGE = 2
+USER_ERRORS = (SpecError, data.DataError, WeightsUnavailable)
+SMOKE_SIZE_PX = 96
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", help="experiment file, e.g. experiments/quickstart.py")
+    parser.add_argument("--data", help="data folder (train/ and test/ of class subfolders); overrides the experiment's")
+    parser.add_argument("--trials", type=int, help="number of trials")
+    parser.add_argument("--max-epochs", type=int, help="epochs per trial at most")
+    parser.add_argument("--concurrency", type=int, help="trials at once (default: as many as fit)")
+    parser.add_argument("--out", help="results folder (default: results/<experiment name>)")
+    parser.add_argument("--name", help="experiment name (default: the file's)")
+    parser.add_argument("--address", help="Ray cluster to join: auto, host:port or ray://... (default: start a local one)")
+    parser.add_argument("--resume", action="store_true", help="continue the search stored in --out")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget (2 trials, 1 epoch, small images): checks the setup")
+    parser.add_argument("--seed", type=int, help="seed of the sampler, the split and the training")
+    return parser.parse_args(argv)
+
+
+def apply_overrides(experiment: Experiment, args: argparse.Namespace) -> Experiment:
+    """The experiment with the command line's overrides, validated again."""
+    changes: dict = {}
+    for arg, field in (("data", "data"), ("name", "name"), ("seed", "seed"), ("concurrency", "concurrency")):
+        if getattr(args, arg) is not None:
+            changes[field] = getattr(args, arg)
+    if args.data is not None:
+        changes["generate"] = None  # a folder the user names is theirs: never generate into it
+    budget = {f: getattr(experiment.budget, f) for f in ("trials", "max_epochs", "grace_period_epochs", "reduction_factor")}
+    if args.smoke:
+        budget.update(trials=2, max_epochs=1)
+        changes["image_size_px"] = min(experiment.image_size_px, SMOKE_SIZE_PX)
+    if args.trials is not None:
+        budget["trials"] = args.trials
+    if args.max_epochs is not None:
+        budget["max_epochs"] = args.max_epochs
+    budget["grace_period_epochs"] = min(budget["grace_period_epochs"], max(1, budget["max_epochs"]))
+    changes["budget"] = type(experiment.budget)(**budget)
+    return replace(experiment, **changes)
+
+
+def _out_dir(experiment: Experiment, args: argparse.Namespace) -> Path:
+    out = Path(args.out) if args.out else Path("results") / experiment.name
+    from search.tuning import TUNE_DIR
+
+    if (out / TUNE_DIR).exists() and not args.resume:
+        raise SpecError("--out", str(out), "holds an earlier search: add --resume to continue it, "
+                        "or give another --out (nothing is overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _data_folder(experiment: Experiment) -> Path:
+    folder = Path(experiment.data).expanduser()
+    if experiment.generate and not folder.exists():
+        from trainables.synthetic import GENERATORS, ensure_generated
+
+        if experiment.generate not in GENERATORS:
+            raise SpecError("Experiment.generate", experiment.generate, f"one of {', '.join(GENERATORS)}")
+        print(f"Generating the {experiment.generate!r} data set into {folder} (first use only) ...", flush=True)
+        ensure_generated(folder, experiment.generate)
+    return folder
+
+
+def _check_weights(experiment: Experiment) -> None:
+    if experiment.weights == "imagenet" and any(a.startswith("inception") for a in experiment.space.archs()):
+        from trainables.models import load_inception_weights
+
+        load_inception_weights()  # fails here, before any trial starts, when they are missing
+
+
+def _start_ray(address: str | None) -> str | None:
+    """Join `address`, or start a local Ray with its dashboard on 127.0.0.1; returns its URL."""
+    import ray
+
+    if ray.is_initialized():
+        context = ray.get_runtime_context()
+        return getattr(context, "dashboard_url", None)
+    if address:
+        context = ray.init(address=address)
+    else:
+        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+    return context.dashboard_url or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        experiment = apply_overrides(load_experiment(args.experiment), args)
+        out = _out_dir(experiment, args)
+        folder = _data_folder(experiment)
+        _check_weights(experiment)
+        started = time.perf_counter()
+        cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed, out / "cache")
+        arrays = data.load(cache)
+        print(data.summary(arrays, folder) + f"  (ready in {time.perf_counter() - started:.1f} s)", flush=True)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    (out / "experiment.txt").write_text(repr(experiment) + "\n")
+
+    from search import tuning
+    from search.outcome import finish
+
+    dashboard = _start_ray(args.address)
+    if dashboard:
+        print(f"Ray dashboard: http://{dashboard}", flush=True)
+    try:
+        the_plan = tuning.plan(experiment)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"Searching {experiment.budget.trials} trials, {the_plan.concurrency} at a time, on "
+          f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {out}", flush=True)
+    started = time.perf_counter()
+    grid = tuning.search(experiment, out, cache, the_plan, resume=args.resume)
+    summary = finish(grid, experiment, arrays, out)
+    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The search space as an Optuna define-by-run function, and the trial config it yields.
+
+Conditional parameters are only asked for when their parent makes them matter:
+`unfrozen_blocks` for `inception_partial`, `cnn_width`/`cnn_depth` for `small_cnn`,
+`momentum` for `sgd`, and one learning rate per optimizer (`lr_<optimizer>`), so TPE
+models each optimizer's learning rate on its own. Pinned parameters are returned as
+constants, which Ray Tune merges into the trial's config.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from search.spec import Choice, Experiment, IntRange, LogUniform, Space, SpecError, Uniform
+
+# Hyperparameters every trial config resolves to; conditional ones are None when unused.
+HPARAM_NAMES = ("arch", "unfrozen_blocks", "cnn_width", "cnn_depth", "augment",
+                "optimizer", "lr", "momentum", "batch_size", "dropout")
+
+
+def _ask(trial: Any, name: str, domain: Any, constants: dict[str, Any]) -> Any:
+    if isinstance(domain, Choice):
+        return trial.suggest_categorical(name, list(domain.options))
+    if isinstance(domain, IntRange):
+        return trial.suggest_int(name, domain.low, domain.high)
+    if isinstance(domain, Uniform):
+        return trial.suggest_float(name, domain.low, domain.high, log=isinstance(domain, LogUniform))
+    constants[name] = domain
+    return domain
+
+
+def define_space(space: Space, trial: Any) -> dict[str, Any]:
+    """Ask `trial` (an Optuna trial) for one configuration; returns the pinned constants."""
+    constants: dict[str, Any] = {}
+    arch = _ask(trial, "arch", space.arch, constants)
+    if arch == "inception_partial":
+        _ask(trial, "unfrozen_blocks", space.unfrozen_blocks, constants)
+    if arch == "small_cnn":
+        _ask(trial, "cnn_width", space.cnn_width, constants)
+        _ask(trial, "cnn_depth", space.cnn_depth, constants)
+    _ask(trial, "augment", space.augment, constants)
+    optimizer = _ask(trial, "optimizer", space.optimizer, constants)
+    _ask(trial, f"lr_{optimizer}", space.lr[optimizer], constants)
+    if optimizer == "sgd":
+        _ask(trial, "momentum", space.momentum, constants)
+    _ask(trial, "batch_size", space.batch_size, constants)
+    _ask(trial, "dropout", space.dropout, constants)
+    return constants
+
+
+def space_function(space: Space) -> Callable[[Any], dict[str, Any]]:
+    """A picklable define-by-run function for `OptunaSearch(space=...)`."""
+    return functools.partial(define_space, space)
+
+
+def hparams(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Resolve a trial config (Optuna's parameter names) to the trainables' hyperparameters."""
+    resolved = {name: config.get(name) for name in HPARAM_NAMES}
+    resolved["lr"] = config[f"lr_{config['optimizer']}"]
+    return resolved
+
+
+def _domain_of(space: Space, name: str, optimizer: str | None) -> Any:
+    if name == "lr":
+        return space.lr[optimizer] if optimizer else None
+    return getattr(space, name)
+
+
+def recipe_points(experiment: Experiment) -> list[dict[str, Any]]:
+    """Translate the experiment's recipes into Optuna points to evaluate first.
+
+    A recipe value must lie in the searched domain (otherwise the search could never
+    compare against it fairly); pinned parameters may be repeated only with their value.
+    """
+    space = experiment.space
+    points = []
+    for i, recipe in enumerate(experiment.recipes):
+        field = f"Experiment.recipes[{i}]"
+        optimizer = recipe.get("optimizer", space.optimizer if isinstance(space.optimizer, str) else None)
+        if "lr" in recipe and optimizer is None:
+            raise SpecError(field, dict(recipe), "a recipe that sets 'lr' must also set 'optimizer'")
+        point: dict[str, Any] = {}
+        for name, value in recipe.items():
+            domain = _domain_of(space, name, optimizer)
+            if isinstance(domain, (Choice, IntRange, Uniform)):
+                if value not in domain:
+                    raise SpecError(f"{field}.{name}", value, f"must lie in the searched domain {domain}")
+                point[f"lr_{optimizer}" if name == "lr" else name] = value
+            elif value != domain:
+                raise SpecError(f"{field}.{name}", value, f"the space pins {name} to {domain!r}")
+        points.append(point)
+    return points

@@ -1,0 +1,110 @@
+"""One Tune trial = one Ray Train job.
+
+`run_trial` is the Tune function trainable (the trial's driver): it builds a `TorchTrainer`
+whose workers run `train_worker`, a thin Ray wrapper around `trainables.loop.fit` that turns
+each epoch's report into `ray.train.report` with a checkpoint, and resumes from the last
+checkpoint when Ray restarts the job. Rank 0's metrics reach Tune through
+`TuneReportCallback`, the checkpoint's path with them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from search.space import hparams
+
+STATE_FILE = "state.pt"
+# Reported with the metrics so the driver can free a stopped trial's workers (see cleanup.py).
+PLACEMENT_GROUP_KEY = "placement_group"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of one search shares, besides its sampled hyperparameters."""
+
+    data_cache: str
+    storage_path: str
+    weights: str
+    max_epochs: int
+    seed: int
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    objective: str
+    mode: str
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: load the cached arrays, resume if a checkpoint exists, run `fit`."""
+    import ray.train
+    import ray.train.torch
+    import ray.util
+    import torch
+
+    from trainables.data import load
+    from trainables.loop import fit
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    data = load(Path(config["data_cache"]))
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    group = ray.util.get_current_placement_group()
+    extra = {PLACEMENT_GROUP_KEY: group.id.hex() if group else "",
+             "startup_s": time.time() - config["trial_started_at"]}
+
+    def report(metrics: dict[str, float], run_state: dict[str, Any]) -> None:
+        metrics = {**metrics, **extra}
+        if rank != 0:  # report is a barrier: every rank calls it, only rank 0 saves
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(run_state, os.path.join(folder, STATE_FILE))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                             checkpoint_dir_name=f"epoch-{metrics['epoch']:04d}")
+
+    fit(config["hparams"], data, config["max_epochs"], report, state=state,
+        device=ray.train.torch.get_device(), seed=config["seed"], rank=rank, world_size=world_size,
+        prepare_model=ray.train.torch.prepare_model)
+
+
+def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
+    """Tune function trainable: run this trial's Ray Train job to the end (or until stopped)."""
+    from ray import train, tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    loop_config = {**asdict(settings), "hparams": {**hparams(config), "weights": settings.weights},
+                   "trial_started_at": time.time()}
+    resources = {"CPU": settings.cpus_per_worker}
+    if settings.gpus_per_worker:
+        resources["GPU"] = settings.gpus_per_worker
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=loop_config,
+        scaling_config=train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0,
+                                           resources_per_worker=resources),
+        run_config=train.RunConfig(
+            # A fixed name per trial, so a restored trial finds its own checkpoints.
+            name=f"train-{trial_id}",
+            storage_path=settings.storage_path,
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=train.CheckpointConfig(
+                num_to_keep=settings.keep_checkpoints, checkpoint_score_attribute=settings.objective,
+                checkpoint_score_order=settings.mode),
+            failure_config=train.FailureConfig(max_failures=settings.max_failures),
+        ),
+    )
+    trainer.fit()

@@ -1,0 +1,103 @@
+"""Ray Tune orchestration: Optuna's TPE proposes, ASHA stops weak trials, Train runs each.
+
+This module owns every Ray Tune object of a search; the rest of the service sees only the
+experiment going in and a `ResultGrid` coming out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from search.cleanup import PlacementGroupReaper
+from search.space import recipe_points, space_function
+from search.spec import Experiment, SpecError
+from search.trial import TrialSettings, run_trial
+
+TUNE_DIR = "tune"
+TRAIN_DIR = "train"
+# The trial driver only waits on its Train job: it asks for memory, not a CPU, so a trial
+# with one 1-CPU worker really fits on one CPU (Ray refuses an all-zero request).
+DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the search will actually run on this cluster, decided before it starts."""
+
+    concurrency: int
+    gpus_per_worker: float
+    cluster_cpus: float
+    cluster_gpus: float
+
+
+def plan(experiment: Experiment) -> Plan:
+    """Resolve `gpus_per_worker="auto"` and the concurrency from the cluster's resources."""
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    res = experiment.resources
+    gpus_per_worker = (1.0 if gpus >= 1 else 0.0) if res.gpus_per_worker == "auto" else float(res.gpus_per_worker)
+    trial_cpus = res.workers * res.cpus_per_worker
+    slots = math.floor(cpus / trial_cpus + 1e-9)
+    if gpus_per_worker:
+        if gpus < res.workers * gpus_per_worker:
+            raise SpecError("Resources.gpus_per_worker", gpus_per_worker,
+                            f"a trial needs {res.workers * gpus_per_worker:g} GPUs, the cluster has {gpus:g}")
+        slots = min(slots, math.floor(gpus / (res.workers * gpus_per_worker) + 1e-9))
+    if slots < 1:
+        raise SpecError("Resources.cpus_per_worker", res.cpus_per_worker,
+                        f"a trial needs {trial_cpus:g} CPUs ({res.workers} workers), the cluster has {cpus:g}")
+    # More trials at once than fit would not fail, only wait: never ask for more.
+    concurrency = min(slots, experiment.budget.trials, experiment.concurrency or slots)
+    return Plan(concurrency=concurrency, gpus_per_worker=gpus_per_worker, cluster_cpus=cpus, cluster_gpus=gpus)
+
+
+def _searcher(experiment: Experiment) -> OptunaSearch:
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(seed=experiment.seed, multivariate=True, group=True,
+                                         n_startup_trials=max(2, min(10, experiment.budget.trials // 3)))
+    return OptunaSearch(space=space_function(experiment.space), metric=experiment.objective,
+                        mode=experiment.mode, points_to_evaluate=recipe_points(experiment) or None,
+                        sampler=sampler)
+
+
+def _trainable(experiment: Experiment, out: Path, data_cache: Path, the_plan: Plan) -> tune.Trainable:
+    res = experiment.resources
+    settings = TrialSettings(
+        data_cache=str(data_cache), storage_path=str(out / TRAIN_DIR), weights=experiment.weights,
+        max_epochs=experiment.budget.max_epochs, seed=experiment.seed, workers=res.workers,
+        cpus_per_worker=res.cpus_per_worker, gpus_per_worker=the_plan.gpus_per_worker,
+        objective=experiment.objective, mode=experiment.mode)
+    return tune.with_resources(tune.with_parameters(run_trial, settings=settings), DRIVER_RESOURCES)
+
+
+def search(experiment: Experiment, out: Path, data_cache: Path, the_plan: Plan,
+           resume: bool = False) -> tune.ResultGrid:
+    """Run (or, with `resume`, continue) the search; its Tune state lives in `out/tune`."""
+    out = out.resolve()
+    trainable = _trainable(experiment, out, data_cache, the_plan)
+    tune_path = out / TUNE_DIR
+    if resume and tune.Tuner.can_restore(str(tune_path)):
+        # resume_errored keeps the trial id (Optuna knows it); restart_errored would not.
+        tuner = tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=True)
+        return tuner.fit()
+    budget = experiment.budget
+    scheduler = ASHAScheduler(
+        # After a restore Tune's own iteration count restarts at 1; the epoch does not.
+        time_attr="epoch", metric=experiment.objective, mode=experiment.mode, max_t=budget.max_epochs,
+        grace_period=budget.grace_period_epochs, reduction_factor=budget.reduction_factor)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=_searcher(experiment), scheduler=scheduler,
+                                    num_samples=budget.trials, max_concurrent_trials=the_plan.concurrency),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(out), callbacks=[PlacementGroupReaper()],
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+    )
+    return tuner.fit()

@@ -1,0 +1,96 @@
+"""The conditional search space, sampled by Optuna."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from search.space import HPARAM_NAMES, hparams, recipe_points, space_function
+from search.spec import Choice, Experiment, LogUniform, Space, SpecError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def sample(space: Space, n: int = 200) -> list[dict]:
+    """n configs as Tune would see them: Optuna's params merged with the returned constants."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    define = space_function(space)
+    configs = []
+    for _ in range(n):
+        trial = study.ask()
+        constants = define(trial)
+        configs.append({**trial.params, **constants})
+        study.tell(trial, 0.0)
+    return configs
+
+
+def test_conditional_parameters_appear_only_with_their_parent() -> None:
+    configs = sample(Space())
+    for config in configs:
+        assert ("unfrozen_blocks" in config) == (config["arch"] == "inception_partial")
+        assert ("cnn_width" in config) == (config["arch"] == "small_cnn")
+        assert ("cnn_depth" in config) == (config["arch"] == "small_cnn")
+        assert ("momentum" in config) == (config["optimizer"] == "sgd")
+        lrs = [k for k in config if k.startswith("lr_")]
+        assert lrs == [f"lr_{config['optimizer']}"]
+    assert {c["arch"] for c in configs} == {"small_cnn", "inception_frozen", "inception_partial"}
+    assert {c["optimizer"] for c in configs} == {"rmsprop", "adam", "sgd"}
+
+
+def test_samples_stay_inside_their_domains() -> None:
+    space = Space()
+    for config in sample(space):
+        assert 0.0 <= config["augment"] <= 1.0
+        lr = space.lr[config["optimizer"]]
+        assert lr.low <= config[f"lr_{config['optimizer']}"] <= lr.high
+        assert config["batch_size"] in space.batch_size
+        if "unfrozen_blocks" in config:
+            assert config["unfrozen_blocks"] in space.unfrozen_blocks
+
+
+def test_pinned_parameters_are_constants_not_searched() -> None:
+    space = Space(arch="small_cnn", optimizer="adam", lr={"adam": 3e-4}, batch_size=8, cnn_width=16)
+    study = optuna.create_study()
+    trial = study.ask()
+    constants = space_function(space)(trial)
+    assert constants == {"arch": "small_cnn", "cnn_width": 16, "optimizer": "adam", "lr_adam": 3e-4, "batch_size": 8}
+    assert set(trial.params) == {"cnn_depth", "augment", "dropout"}
+
+
+def test_hparams_resolve_the_learning_rate_and_leave_unused_ones_empty() -> None:
+    resolved = hparams({"arch": "inception_frozen", "augment": 0.1, "optimizer": "sgd", "lr_sgd": 0.01,
+                        "momentum": 0.9, "batch_size": 32, "dropout": 0.2})
+    assert set(resolved) == set(HPARAM_NAMES)
+    assert resolved["lr"] == 0.01 and resolved["cnn_width"] is None and resolved["unfrozen_blocks"] is None
+
+
+def test_recipes_become_optuna_points_evaluated_first() -> None:
+    experiment = Experiment(name="x", data="d", recipes=(
+        {"arch": "inception_frozen", "optimizer": "rmsprop", "lr": 1e-4, "dropout": 0.2},))
+    points = recipe_points(experiment)
+    assert points == [{"arch": "inception_frozen", "optimizer": "rmsprop", "lr_rmsprop": 1e-4, "dropout": 0.2}]
+    study = optuna.create_study()
+    study.enqueue_trial(points[0])
+    trial = study.ask()
+    space_function(experiment.space)(trial)
+    assert trial.params["arch"] == "inception_frozen" and trial.params["lr_rmsprop"] == 1e-4
+
+
+@pytest.mark.parametrize("recipe, field", [
+    ({"lr": 1e-4}, "Experiment.recipes[0]"),
+    ({"optimizer": "adam", "lr": 5.0}, "Experiment.recipes[0].lr"),
+    ({"arch": "small_cnn", "batch_size": 24}, "Experiment.recipes[0].batch_size"),
+])
+def test_recipes_outside_the_space_are_refused(recipe: dict, field: str) -> None:
+    with pytest.raises(SpecError) as err:
+        recipe_points(Experiment(name="x", data="d", recipes=(recipe,)))
+    assert err.value.field == field
+
+
+def test_a_recipe_may_repeat_a_pinned_value_but_not_change_it() -> None:
+    space = Space(arch="small_cnn", optimizer="adam", lr={"adam": LogUniform(1e-4, 1e-2)}, batch_size=Choice(8, 16))
+    ok = Experiment(name="x", data="d", image_size_px=32, space=space, recipes=({"arch": "small_cnn", "lr": 1e-3},))
+    assert recipe_points(ok) == [{"lr_adam": 1e-3}]
+    bad = Experiment(name="x", data="d", image_size_px=32, space=space, recipes=({"arch": "inception_frozen"},))
+    with pytest.raises(SpecError, match="pins arch"):
+        recipe_points(bad)

@@ -1,0 +1,89 @@
+"""The experiment spec validates every field and names it in the error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search.spec import (Budget, Choice, Experiment, IntRange, LogUniform, Resources, Space, SpecError,
+                         Uniform, load_experiment, replace)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_quickstart_loads_with_its_declared_values() -> None:
+    experiment = load_experiment(REPO / "experiments" / "quickstart.py")
+    assert experiment.name == "quickstart"
+    assert experiment.objective == "val_acc" and experiment.mode == "max"
+    assert experiment.val_fraction == 0.2
+    assert experiment.budget.trials >= 8
+    assert {"small_cnn", "inception_frozen"} <= set(experiment.space.archs())
+
+
+def test_unknown_field_names_it_and_suggests_the_closest() -> None:
+    with pytest.raises(SpecError) as err:
+        Budget(trails=4)
+    message = str(err.value)
+    assert "Budget.trails" in message and "did you mean 'trials'" in message and "max_epochs" in message
+
+
+@pytest.mark.parametrize("make, field, value", [
+    (lambda: Budget(trials="many"), "Budget.trials", "many"),
+    (lambda: Budget(trials=0), "Budget.trials", 0),
+    (lambda: Budget(max_epochs=3, grace_period_epochs=5), "Budget.grace_period_epochs", 5),
+    (lambda: Budget(reduction_factor=1), "Budget.reduction_factor", 1),
+    (lambda: Resources(cpus_per_worker=0), "Resources.cpus_per_worker", 0),
+    (lambda: Resources(gpus_per_worker="all"), "Resources.gpus_per_worker", "all"),
+    (lambda: Space(arch="resnet"), "Space.arch", "resnet"),
+    (lambda: Space(optimizer=Choice("adam", "lion")), "Space.optimizer", "lion"),
+    (lambda: Space(augment=Uniform(0.0, 1.5)), "Space.augment", 1.5),
+    (lambda: Space(unfrozen_blocks=IntRange(1, 12)), "Space.unfrozen_blocks", 12),
+    (lambda: Space(optimizer="sgd", lr={"adam": 1e-3}), "Space.lr", {"adam": 1e-3}),
+    (lambda: Space(lr={"adam": LogUniform(0.0, 1.0)}), "LogUniform.low", 0.0),
+    (lambda: Experiment(name="bad name!", data="d"), "Experiment.name", "bad name!"),
+    (lambda: Experiment(name="x", data="d", val_fraction=1.0), "Experiment.val_fraction", 1.0),
+    (lambda: Experiment(name="x", data="d", weights="random"), "Experiment.weights", "random"),
+    (lambda: Experiment(name="x", data="d", objective="accuracy"), "Experiment.objective", "accuracy"),
+    (lambda: Experiment(name="x", data="d", image_size_px=64), "Experiment.image_size_px", 64),
+    (lambda: Experiment(name="x", data="d", recipes=({"learning_rate": 1e-3},)), "Experiment.recipes[0]",
+     "learning_rate"),
+    (lambda: Experiment(name="x", data="d", concurrency=True), "Experiment.concurrency", True),
+])
+def test_bad_values_name_field_value_and_what_is_allowed(make, field: str, value) -> None:
+    with pytest.raises(SpecError) as err:
+        make()
+    assert err.value.field == field
+    assert err.value.value == value
+    assert repr(value) in str(err.value) and err.value.allowed
+    assert "\n" not in str(err.value)
+
+
+def test_small_images_are_fine_without_inception() -> None:
+    experiment = Experiment(name="x", data="d", image_size_px=32, space=Space(arch="small_cnn"))
+    assert experiment.image_size_px == 32
+
+
+def test_lists_are_accepted_and_stored_as_tuples() -> None:
+    experiment = Experiment(name="x", data="d", recipes=[{"arch": "small_cnn"}])
+    assert experiment.recipes == ({"arch": "small_cnn"},)
+
+
+def test_replace_validates_again() -> None:
+    experiment = Experiment(name="x", data="d")
+    assert replace(experiment, seed=3).seed == 3
+    with pytest.raises(SpecError):
+        replace(experiment, val_fraction=-1)
+
+
+def test_load_experiment_needs_exactly_one_experiment(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    with pytest.raises(SpecError, match="exactly one Experiment"):
+        load_experiment(empty)
+    with pytest.raises(SpecError, match="existing experiment file"):
+        load_experiment(tmp_path / "missing.py")
+    broken = tmp_path / "broken.py"
+    broken.write_text("experiment = Experiment(\n")
+    with pytest.raises(SpecError, match="valid Python"):
+        load_experiment(broken)

@@ -1,0 +1,93 @@
+"""The training loop, models and optimizers, without Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from search.spec import ARCH_CHOICES, INCEPTION_BLOCK_COUNT, OPTIMIZER_CHOICES
+from trainables import data, models, optimizers
+from trainables.loop import evaluate, fit
+
+HP = {"arch": "small_cnn", "cnn_width": 16, "cnn_depth": 3, "augment": 0.0, "optimizer": "adam",
+      "lr": 3e-3, "momentum": None, "batch_size": 16, "dropout": 0.0, "weights": "none", "unfrozen_blocks": None}
+
+
+@pytest.fixture(scope="module")
+def arrays(coats: Path, tmp_path_factory: pytest.TempPathFactory) -> data.ArrayData:
+    cache = data.prepare(coats, 48, 0.25, 0, tmp_path_factory.mktemp("cache"))
+    return data.load(cache)
+
+
+def test_registries_hold_exactly_the_names_the_space_uses() -> None:
+    assert set(models.REGISTRY) == set(ARCH_CHOICES)
+    assert set(optimizers.REGISTRY) == set(OPTIMIZER_CHOICES)
+    assert len(models.INCEPTION_BLOCKS) == INCEPTION_BLOCK_COUNT
+
+
+def test_training_reduces_the_loss(arrays: data.ArrayData) -> None:
+    reports: list[dict] = []
+    model = fit(HP, arrays, 4, lambda metrics, state: reports.append(metrics), seed=0, device=torch.device("cpu"))
+    assert [r["epoch"] for r in reports] == [1, 2, 3, 4]
+    assert reports[-1]["train_loss"] < reports[0]["train_loss"]
+    for key in ("val_acc", "val_loss", "train_acc", "train_loss", "train_time_s"):
+        assert all(key in r for r in reports)
+    assert evaluate(model, arrays.val, torch.device("cpu"))[1] == pytest.approx(reports[-1]["val_acc"])
+
+
+def test_resume_continues_after_the_saved_epoch(arrays: data.ArrayData, tmp_path: Path) -> None:
+    states: list[dict] = []
+    fit(HP, arrays, 2, lambda m, s: states.append(s), device=torch.device("cpu"))
+    torch.save(states[-1], tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    resumed: list[dict] = []
+    fit(HP, arrays, 3, lambda m, s: resumed.append(m), state=state, device=torch.device("cpu"))
+    assert [m["epoch"] for m in resumed] == [3]
+    assert resumed[0]["train_time_s"] > state["train_time_s"]
+
+
+def test_a_diverging_run_fails_with_a_clear_error(arrays: data.ArrayData) -> None:
+    hp = {**HP, "optimizer": "sgd", "lr": 1e9, "momentum": 0.9}
+    with pytest.raises(FloatingPointError, match="diverged"):
+        fit(hp, arrays, 2, lambda m, s: None, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("arch, extra", [("small_cnn", {"cnn_width": 8, "cnn_depth": 5}),
+                                         ("inception_frozen", {}), ("inception_partial", {"unfrozen_blocks": 2})])
+def test_every_arch_takes_the_smallest_allowed_image(arch: str, extra: dict) -> None:
+    model = models.create_model(3, {**HP, "arch": arch, **extra})
+    size = 75 if arch.startswith("inception") else 16
+    model.train()
+    assert model(torch.rand(2, 3, size, size)).shape == (2, 3)
+
+
+def test_frozen_inception_trains_only_its_head_and_partial_its_top_blocks() -> None:
+    frozen = models.create_model(2, {**HP, "arch": "inception_frozen"})
+    trainable = {n.split(".")[0] + "." + n.split(".")[1] for n, p in frozen.named_parameters() if p.requires_grad}
+    assert all(n.startswith("head.") for n in trainable)
+    partial = models.create_model(2, {**HP, "arch": "inception_partial", "unfrozen_blocks": 2})
+    blocks = {n.split(".")[1] for n, p in partial.named_parameters() if p.requires_grad and n.startswith("backbone.")}
+    assert blocks == {"Mixed_7b", "Mixed_7c"}
+
+
+def test_missing_imagenet_weights_say_which_file_to_place_where(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("network is unreachable")))
+    with pytest.raises(models.WeightsUnavailable) as err:
+        models.create_model(2, {**HP, "arch": "inception_frozen", "weights": "imagenet"})
+    message = str(err.value)
+    assert "inception_v3_google-0cc3c7bd.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert "weights='none'" in message
+
+
+def test_optimizers_are_built_with_their_settings() -> None:
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = optimizers.create_optimizer("sgd", params, 0.1, 0.9)
+    assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["nesterov"]
+    assert isinstance(optimizers.create_optimizer("rmsprop", params, 1e-4), torch.optim.RMSprop)
+    with pytest.raises(ValueError, match="allowed"):
+        optimizers.create_optimizer("lion", params, 1e-4)
