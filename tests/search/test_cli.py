@@ -1,0 +1,95 @@
+"""`python -m search.run` as a user runs it: end to end, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, cli_env, tiny_experiment, write_experiment
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.run", *args], capture_output=True, text=True,
+                          env=cli_env(), cwd=cwd, timeout=timeout)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_cli_runs_a_search_end_to_end(coats: Path, tmp_path: Path) -> None:
+    experiment = tiny_experiment(tmp_path, Path("elsewhere"), trials=3, epochs=2)
+    proc = run_cli(str(experiment), "--data", str(coats), "--out", "out", "--seed", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Ray dashboard: http://127.0.0.1:" in proc.stdout
+    report = pd.read_csv(tmp_path / "out" / "report.csv")
+    assert len(report) == 3 and report["status"].isin(["completed", "early_stopped"]).all()
+    meta = json.loads((tmp_path / "out" / "best" / "meta.json").read_text())
+    assert meta["classes"] == ["blotches", "rosettes", "spots", "stripes"]
+    assert "Best trial" in proc.stdout and meta["trial_id"] in proc.stdout
+    # an existing search is never overwritten silently
+    again = run_cli(str(experiment), "--data", str(coats), "--out", "out", cwd=tmp_path)
+    assert_user_error(again, "--out", "--resume")
+
+
+def test_typo_field_is_one_line_exit_2(tmp_path: Path) -> None:
+    experiment = write_experiment(tmp_path, 'name="x", data="d", budget=Budget(trails=3)')
+    assert_user_error(run_cli(str(experiment), cwd=tmp_path), "Budget.trails", "did you mean 'trials'")
+
+
+def test_bad_value_is_one_line_exit_2(tmp_path: Path) -> None:
+    experiment = write_experiment(tmp_path, 'name="x", data="d", val_fraction=1.5')
+    assert_user_error(run_cli(str(experiment), cwd=tmp_path), "Experiment.val_fraction", "1.5", "between 0 and 1")
+
+
+def test_bad_override_is_one_line_exit_2(tmp_path: Path) -> None:
+    experiment = write_experiment(tmp_path, 'name="x", data="d"')
+    assert_user_error(run_cli(str(experiment), "--trials", "0", cwd=tmp_path), "Budget.trials", "0")
+
+
+def test_missing_data_folder_is_one_line_exit_2(tmp_path: Path) -> None:
+    experiment = tiny_experiment(tmp_path, tmp_path / "nowhere")
+    assert_user_error(run_cli(str(experiment), cwd=tmp_path), str(tmp_path / "nowhere"), "missing data folder")
+
+
+def test_missing_experiment_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    assert_user_error(run_cli("experiments/nope.py", cwd=tmp_path), "nope.py")
+
+
+def test_missing_imagenet_weights_stop_before_any_trial(tmp_path: Path, coats: Path) -> None:
+    experiment = write_experiment(tmp_path, f'name="x", data="{coats}", image_size_px=75, '
+                                  'space=Space(arch="inception_frozen")')
+    env = cli_env()
+    proc = subprocess.run([sys.executable, "-m", "search.run", str(experiment)], capture_output=True, text=True,
+                          env={**env, "TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": "http://127.0.0.1:9",
+                               "https_proxy": "http://127.0.0.1:9"}, cwd=tmp_path, timeout=300)
+    assert_user_error(proc, "inception_v3_google-0cc3c7bd.pth", str(tmp_path / "torch"), "weights='none'")
+
+
+def test_every_option_is_accepted(tmp_path: Path) -> None:
+    from search.run import parse_args
+
+    args = parse_args(["e.py", "--data", "d", "--trials", "3", "--max-epochs", "2", "--concurrency", "1",
+                       "--out", "o", "--name", "n", "--address", "auto", "--resume", "--smoke", "--seed", "5"])
+    assert (args.trials, args.max_epochs, args.concurrency, args.address, args.resume, args.smoke, args.seed) == \
+        (3, 2, 1, "auto", True, True, 5)
+
+
+def test_smoke_shrinks_the_budget() -> None:
+    from search.run import apply_overrides, parse_args
+    from search.spec import load_experiment
+
+    quickstart = load_experiment(REPO / "experiments" / "quickstart.py")
+    smoke = apply_overrides(quickstart, parse_args(["e.py", "--smoke"]))
+    assert (smoke.budget.trials, smoke.budget.max_epochs) == (2, 1)
+    assert smoke.image_size_px <= quickstart.image_size_px

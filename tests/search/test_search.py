@@ -1,0 +1,124 @@
+"""Whole searches through Ray Tune, Optuna, ASHA and Ray Train, on generated data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from search import load_best
+from search.run import main
+from tests.conftest import cli_env, write_experiment
+
+# Six trials, two fit at once. The first two recipes learn; the four after them barely move
+# (lr 1e-6), so ASHA, comparing them at its rungs with the first two, must stop some.
+ASHA_EXPERIMENT = """
+name="asha",
+data="{data}",
+image_size_px=32,
+weights="none",
+space=Space(arch="small_cnn", cnn_width=8, cnn_depth=2, batch_size=16, augment=0.0, dropout=0.0,
+            optimizer="adam", lr={{"adam": LogUniform(1e-6, 3e-2)}}),
+recipes=[{{"lr": 1e-2}}, {{"lr": 2e-2}}, {{"lr": 1e-6}}, {{"lr": 1.1e-6}}, {{"lr": 1.2e-6}}, {{"lr": 1.3e-6}}],
+objective="val_loss",
+budget=Budget(trials=6, max_epochs=4, grace_period_epochs=1, reduction_factor=2),
+resources=Resources(workers=1, cpus_per_worker=1),
+"""
+
+
+# Ray Data's coordinator: one detached, restartable actor per cluster, shared by every job
+# and meant to outlive them (get_if_exists); not something a search owns.
+CLUSTER_SINGLETONS = {"_AutoscalingCoordinatorActor"}
+
+
+def leftovers(ray) -> tuple[list, list]:
+    """Placement groups not removed and actors alive, from Ray's GCS (no dashboard needed)."""
+    from ray._private import state
+
+    deadline = time.monotonic() + 30
+    while True:
+        groups = [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+        actors = [a["ActorClassName"] for a in state.actors().values()
+                  if a["State"] != "DEAD" and a["ActorClassName"] not in CLUSTER_SINGLETONS]
+        if not (groups or actors) or time.monotonic() > deadline:
+            return groups, actors
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def asha_run(ray_session, coats: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
+    folder = tmp_path_factory.mktemp("asha")
+    experiment = write_experiment(folder, ASHA_EXPERIMENT.format(data=coats))
+    out = folder / "out"
+    return main([str(experiment), "--out", str(out)]), out
+
+
+def test_search_with_more_trials_than_fit_completes_without_the_dashboard(asha_run, ray_session) -> None:
+    code, out = asha_run
+    assert code == 0
+    report = pd.read_csv(out / "report.csv")
+    assert len(report) == 6 and report["trial_id"].is_unique
+    assert (report["status"] == "early_stopped").any(), report[["status", "epochs", "val_loss"]]
+    assert (report["status"] == "completed").any()
+    assert set(report["status"]) <= {"completed", "early_stopped"}
+    assert report.loc[report["status"] == "early_stopped", "epochs"].max() < 4
+    groups, actors = leftovers(ray_session)
+    assert groups == [] and actors == []
+
+
+def test_report_table_has_a_row_per_trial_with_metrics_and_params(asha_run) -> None:
+    _, out = asha_run
+    csv = pd.read_csv(out / "report.csv")
+    parquet = pd.read_parquet(out / "report.parquet")
+    assert list(csv.columns) == list(parquet.columns)
+    for column in ("trial_id", "status", "epochs", "val_acc", "val_loss", "train_time_s", "param.arch", "param.lr"):
+        assert column in csv.columns
+    assert csv["val_loss"].is_monotonic_increasing  # sorted best first for a "min" objective
+    assert sorted(csv["param.lr"].round(9)) == sorted([1e-2, 2e-2, 1e-6, 1.1e-6, 1.2e-6, 1.3e-6])
+
+
+def test_best_model_is_exported_and_loads_in_one_line(asha_run, coats: Path) -> None:
+    _, out = asha_run
+    meta = json.loads((out / "best" / "meta.json").read_text())
+    report = pd.read_csv(out / "report.csv")
+    assert meta["trial_id"] == report["trial_id"].iloc[0]
+    assert meta["classes"] == ["blotches", "rosettes", "spots", "stripes"]
+    assert meta["preprocess"]["resize"] == [32, 32] and len(meta["preprocess"]["mean"]) == 3
+    assert meta["arch"] == "small_cnn" and meta["config"]["lr"] in (1e-2, 2e-2)
+    assert {"val_acc", "val_loss", "test_acc"} <= set(meta["metrics"])
+    images = sorted((coats / "test").rglob("*.jpg"))
+    predictions = load_best(str(out)).predict(images)
+    assert list(predictions.columns[:2]) == ["file", "prediction"]
+    assert len(predictions) == len(images) and predictions["error"].isna().all()
+    probabilities = predictions[meta["classes"]].to_numpy()
+    assert probabilities.sum(axis=1) == pytest.approx(1.0, abs=1e-5)
+    truth = [p.parent.name for p in images]
+    accuracy = (predictions["prediction"] == truth).mean()
+    assert accuracy == pytest.approx(meta["metrics"]["test_acc"], abs=1e-6)
+
+
+def test_predict_reports_an_unreadable_image_on_its_row(asha_run, tmp_path: Path) -> None:
+    _, out = asha_run
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    frame = load_best(str(out)).predict([bad])
+    assert frame["prediction"].isna().all() and "broken.jpg" in frame["file"].iloc[0]
+    assert frame["error"].iloc[0]
+
+
+def test_with_the_dashboard_nothing_is_left_either(coats: Path, tmp_path: Path) -> None:
+    experiment = write_experiment(tmp_path, ASHA_EXPERIMENT.format(data=coats))
+    probe_out = tmp_path / "probe.json"
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("leak_probe.py")), str(experiment),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          env={**cli_env(), "LEAK_PROBE_OUT": str(probe_out)}, cwd=tmp_path, timeout=900)
+    assert probe_out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    probe = json.loads(probe_out.read_text())
+    assert probe == {"exit_code": 0, "placement_groups": [], "actors": []}
+    report = pd.read_csv(tmp_path / "out" / "report.csv")
+    assert len(report) == 6 and (report["status"] == "early_stopped").any()

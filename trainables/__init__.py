@@ -1,0 +1,1 @@
+"""Data, models and the training loop: plain PyTorch, nothing of Ray Tune."""
