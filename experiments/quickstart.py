@@ -35,7 +35,7 @@ experiment = Experiment(
          "batch_size": 32, "dropout": 0.2},
     ),
     objective="val_acc",
-    budget=Budget(trials=10, max_epochs=6, grace_period_epochs=1, reduction_factor=2),
+    budget=Budget(trials=12, max_epochs=8, grace_period_epochs=1, reduction_factor=2),
     concurrency=None,
     resources=Resources(workers=1, cpus_per_worker=1, gpus_per_worker="auto"),
     seed=0,

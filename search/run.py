@@ -66,11 +66,11 @@ def _out_dir(experiment: Experiment, args: argparse.Namespace) -> Path:
         raise SpecError("--out", str(out), "holds an earlier search: add --resume to continue it, "
                         "or give another --out (nothing is overwritten)")
     out.mkdir(parents=True, exist_ok=True)
-    return out
+    return out.resolve()  # trials run in their own working directories
 
 
 def _data_folder(experiment: Experiment) -> Path:
-    folder = Path(experiment.data).expanduser()
+    folder = Path(experiment.data).expanduser().resolve()
     if experiment.generate and not folder.exists():
         from trainables.synthetic import GENERATORS, ensure_generated
 
@@ -95,10 +95,12 @@ def _start_ray(address: str | None) -> str | None:
     if ray.is_initialized():
         context = ray.get_runtime_context()
         return getattr(context, "dashboard_url", None)
+    # Ray Train logs several lines per epoch and trial; Tune's status table is the progress.
+    quiet = ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
     if address:
-        context = ray.init(address=address)
+        context = ray.init(address=address, logging_config=quiet)
     else:
-        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_config=quiet)
     return context.dashboard_url or None
 
 

@@ -59,10 +59,17 @@ def plan(experiment: Experiment) -> Plan:
 
 
 def _searcher(experiment: Experiment) -> OptunaSearch:
+    import warnings
+
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=experiment.seed, multivariate=True, group=True,
-                                         n_startup_trials=max(2, min(10, experiment.budget.trials // 3)))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        # group=True is "experimental" in Optuna 5.0, and what conditional spaces need:
+        # TPE then models each branch (small_cnn, inception_partial, sgd, ...) on its own.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=experiment.seed, multivariate=True, group=True,
+                                             n_startup_trials=max(2, min(10, experiment.budget.trials // 3)))
     return OptunaSearch(space=space_function(experiment.space), metric=experiment.objective,
                         mode=experiment.mode, points_to_evaluate=recipe_points(experiment) or None,
                         sampler=sampler)
