@@ -15,12 +15,14 @@ from search.run import main
 from tests.search.test_search import CLUSTER_SINGLETONS
 
 if __name__ == "__main__":
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
+    context = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
+    # Name this cluster's dashboard: the test session runs a Ray of its own beside it.
+    api = f"http://{context.dashboard_url}"
     code = main(sys.argv[1:])
     deadline = time.monotonic() + 30
     while True:
-        groups = [g.placement_group_id for g in state.list_placement_groups(filters=[("state", "!=", "REMOVED")])]
-        actors = [a.class_name for a in state.list_actors(filters=[("state", "=", "ALIVE")])
+        groups = [g.placement_group_id for g in state.list_placement_groups(address=api, filters=[("state", "!=", "REMOVED")])]
+        actors = [a.class_name for a in state.list_actors(address=api, filters=[("state", "=", "ALIVE")])
                   if a.class_name not in CLUSTER_SINGLETONS]
         if not (groups or actors) or time.monotonic() > deadline:
             break
