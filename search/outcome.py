@@ -9,27 +9,31 @@ import pandas as pd
 from ray import tune
 
 from search import export, report
-from search.space import hparams
+from search.space import hparams, recipe_points
 from search.spec import Experiment
 from trainables.data import ArrayData
 from trainables.loop import default_device, evaluate
 
 
+def _trial_id_and_number(result: tune.Result) -> tuple[str, int]:
+    # Tune names a trial's folder "<trainable>_<trial id>_<creation index>_<params>_<time>",
+    # here "run_trial_<id>_<n>_...": the only place that keeps the creation order.
+    parts = Path(result.path).name.split("_")
+    return parts[2], int(parts[3])
+
+
 def _trial_id(result: tune.Result) -> str:
-    if result.metrics and "trial_id" in result.metrics:
-        return str(result.metrics["trial_id"])
-    # A trial that failed before its first report has no metrics; its folder name ends
-    # with "<trial id>_<index>_<params>" as Tune names it.
-    return Path(result.path).name.split("_")[2] if result.path else "unknown"
+    return _trial_id_and_number(result)[0]
 
 
 def rows(grid: tune.ResultGrid, experiment: Experiment) -> pd.DataFrame:
     """The report table of a finished search, best trial first."""
     found = []
+    points = recipe_points(experiment)
     for result in grid:
-        history = result.metrics_dataframe
-        found.append(report.trial_row(_trial_id(result), result.config or {}, history, result.error,
-                                      experiment.objective, experiment.mode, experiment.budget.max_epochs))
+        trial_id, number = _trial_id_and_number(result)
+        found.append(report.trial_row(trial_id, number, result.config or {}, result.metrics_dataframe, result.error,
+                                      experiment.objective, experiment.mode, experiment.budget.max_epochs, points))
     return report.table(found, experiment.objective, experiment.mode)
 
 

@@ -32,7 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="experiment name (default: the file's)")
     parser.add_argument("--address", help="Ray cluster to join: auto, host:port or ray://... (default: start a local one)")
     parser.add_argument("--resume", action="store_true", help="continue the search stored in --out")
-    parser.add_argument("--smoke", action="store_true", help="tiny budget (2 trials, 1 epoch, small images): checks the setup")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny budget (2 trials, 1 epoch, small images, one 1-CPU worker): checks the setup")
+    parser.add_argument("--check", action="store_true",
+                        help="check the data folder, print class counts and problems, train nothing")
     parser.add_argument("--seed", type=int, help="seed of the sampler, the split and the training")
     return parser.parse_args(argv)
 
@@ -49,6 +52,8 @@ def apply_overrides(experiment: Experiment, args: argparse.Namespace) -> Experim
     if args.smoke:
         budget.update(trials=2, max_epochs=1)
         changes["image_size_px"] = min(experiment.image_size_px, SMOKE_SIZE_PX)
+        changes["resources"] = type(experiment.resources)(
+            workers=1, cpus_per_worker=1, gpus_per_worker=experiment.resources.gpus_per_worker)
     if args.trials is not None:
         budget["trials"] = args.trials
     if args.max_epochs is not None:
@@ -62,7 +67,7 @@ def _out_dir(experiment: Experiment, args: argparse.Namespace) -> Path:
     out = Path(args.out) if args.out else Path("results") / experiment.name
     from search.tuning import TUNE_DIR
 
-    if (out / TUNE_DIR).exists() and not args.resume:
+    if (out / TUNE_DIR).exists() and not (args.resume or args.check):
         raise SpecError("--out", str(out), "holds an earlier search: add --resume to continue it, "
                         "or give another --out (nothing is overwritten)")
     out.mkdir(parents=True, exist_ok=True)
@@ -110,14 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         experiment = apply_overrides(load_experiment(args.experiment), args)
         out = _out_dir(experiment, args)
         folder = _data_folder(experiment)
-        _check_weights(experiment)
+        if not args.check:
+            _check_weights(experiment)
         started = time.perf_counter()
         cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed, out / "cache")
         arrays = data.load(cache)
-        print(data.summary(arrays, folder) + f"  (ready in {time.perf_counter() - started:.1f} s)", flush=True)
+        print(data.summary(arrays, folder) + f"\n  (ready in {time.perf_counter() - started:.1f} s)", flush=True)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if args.check:
+        return 0
     (out / "experiment.txt").write_text(repr(experiment) + "\n")
 
     from search import tuning

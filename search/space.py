@@ -1,7 +1,8 @@
 """The search space as an Optuna define-by-run function, and the trial config it yields.
 
 Conditional parameters are only asked for when their parent makes them matter:
-`unfrozen_blocks` for `inception_partial`, `cnn_width`/`cnn_depth` for `small_cnn`,
+`unfrozen_blocks` for `inception_partial`, `head_units` for either Inception,
+`cnn_width`/`cnn_depth` for `small_cnn`,
 `momentum` for `sgd`, and one learning rate per optimizer (`lr_<optimizer>`), so TPE
 models each optimizer's learning rate on its own. Pinned parameters are returned as
 constants, which Ray Tune merges into the trial's config.
@@ -16,7 +17,7 @@ from typing import Any
 from search.spec import Choice, Experiment, IntRange, LogUniform, Space, SpecError, Uniform
 
 # Hyperparameters every trial config resolves to; conditional ones are None when unused.
-HPARAM_NAMES = ("arch", "unfrozen_blocks", "cnn_width", "cnn_depth", "augment",
+HPARAM_NAMES = ("arch", "unfrozen_blocks", "head_units", "cnn_width", "cnn_depth", "augment",
                 "optimizer", "lr", "momentum", "batch_size", "dropout")
 
 
@@ -37,6 +38,8 @@ def define_space(space: Space, trial: Any) -> dict[str, Any]:
     arch = _ask(trial, "arch", space.arch, constants)
     if arch == "inception_partial":
         _ask(trial, "unfrozen_blocks", space.unfrozen_blocks, constants)
+    if arch.startswith("inception"):
+        _ask(trial, "head_units", space.head_units, constants)
     if arch == "small_cnn":
         _ask(trial, "cnn_width", space.cnn_width, constants)
         _ask(trial, "cnn_depth", space.cnn_depth, constants)

@@ -200,6 +200,7 @@ class Space:
 
     arch: Choice | str = Choice(*ARCH_CHOICES)
     unfrozen_blocks: IntRange | int = IntRange(1, 3)  # inception_partial only
+    head_units: Choice | int = 128  # Inception only: hidden units of the head; 0 = one linear layer
     cnn_width: Choice | int = Choice(16, 32, 64)  # small_cnn only: channels of the first conv
     cnn_depth: IntRange | int = IntRange(2, 4)  # small_cnn only: conv blocks
     augment: Uniform | float = Uniform(0.0, 1.0)
@@ -219,6 +220,7 @@ class Space:
         _check_values("Space.optimizer", self.optimizer, lambda v: v in OPTIMIZER_CHOICES,
                       f"one of {', '.join(OPTIMIZER_CHOICES)}")
         _check_bounds("Space.unfrozen_blocks", self.unfrozen_blocks, 1, INCEPTION_BLOCK_COUNT)
+        _check_bounds("Space.head_units", self.head_units, 0, 4096)
         _check_bounds("Space.cnn_width", self.cnn_width, 4, 512)
         _check_bounds("Space.cnn_depth", self.cnn_depth, 1, 6)
         _check_bounds("Space.augment", self.augment, 0.0, 1.0)

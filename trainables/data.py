@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # Bump when decoding changes, so caches built by older code are not reused.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
+SHOWN_SKIPPED = 10
 
 
 class DataError(ValueError):
@@ -47,6 +47,7 @@ class ArrayData:
     train: Split
     val: Split
     test: Split
+    skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of files that could not be read
 
 
 def is_image_file(path: Path) -> bool:
@@ -113,13 +114,13 @@ def decode(path: Path, size_px: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
-def _decode_all(items: list[tuple[Path, int]], size_px: int) -> Split:
+def _decode_all(items: list[tuple[Path, int]], size_px: int, skipped: list[tuple[str, str]]) -> Split:
     images, labels, paths = [], [], []
     for path, label in items:
         try:
             images.append(decode(path, size_px))
-        except Exception as err:  # a corrupt file must not end a search: skip it, say so
-            warnings.warn(f"skipped unreadable image {path}: {type(err).__name__}: {err}", stacklevel=2)
+        except Exception as err:  # a corrupt file must not end a search: skip it, say why
+            skipped.append((str(path), f"{type(err).__name__}: {err}"))
             continue
         labels.append(label)
         paths.append(str(path))
@@ -146,8 +147,9 @@ def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir:
     cache = Path(cache_dir) / f"arrays-{_fingerprint(files, size_px, val_fraction, seed)}.npz"
     if cache.exists():
         return cache
-    train_all = _decode_all(files["train"], size_px)
-    test = _decode_all(files["test"], size_px)
+    skipped: list[tuple[str, str]] = []
+    train_all = _decode_all(files["train"], size_px, skipped)
+    test = _decode_all(files["test"], size_px, skipped)
     for label, name in enumerate(classes):
         if np.count_nonzero(train_all.labels == label) < 2:
             raise DataError(Path(root) / "train" / name, "has fewer than 2 readable images")
@@ -160,7 +162,8 @@ def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir:
              train_paths=paths[train_idx] if len(paths) else paths,
              val_images=train_all.images[val_idx], val_labels=train_all.labels[val_idx],
              val_paths=paths[val_idx] if len(paths) else paths,
-             test_images=test.images, test_labels=test.labels, test_paths=np.asarray(test.paths))
+             test_images=test.images, test_labels=test.labels, test_paths=np.asarray(test.paths),
+             skipped=np.asarray(skipped, dtype=str).reshape(-1, 2))
     os.replace(tmp, cache)  # atomic: a reader never sees a half-written cache
     return cache
 
@@ -170,7 +173,8 @@ def load(cache: Path) -> ArrayData:
     with np.load(cache, allow_pickle=False) as z:
         splits = {name: Split(z[f"{name}_images"], z[f"{name}_labels"], tuple(z[f"{name}_paths"].tolist()))
                   for name in ("train", "val", "test")}
-        return ArrayData(classes=tuple(z["classes"].tolist()), **splits)
+        skipped = tuple((path, reason) for path, reason in z["skipped"].tolist())
+        return ArrayData(classes=tuple(z["classes"].tolist()), skipped=skipped, **splits)
 
 
 def summary(arrays: ArrayData, root: Path) -> str:
@@ -181,4 +185,9 @@ def summary(arrays: ArrayData, root: Path) -> str:
         counts = np.bincount(split.labels, minlength=len(arrays.classes))
         per_class = ", ".join(f"{c} {n}" for c, n in zip(arrays.classes, counts))
         lines.append(f"  {name:<5} {len(split.labels):>6} images: {per_class}")
+    if arrays.skipped:
+        lines.append(f"  skipped {len(arrays.skipped)} unreadable files:")
+        lines += [f"    {path}: {reason}" for path, reason in arrays.skipped[:SHOWN_SKIPPED]]
+        if len(arrays.skipped) > SHOWN_SKIPPED:
+            lines.append(f"    ... and {len(arrays.skipped) - SHOWN_SKIPPED} more")
     return "\n".join(lines)

@@ -16,7 +16,6 @@ from torch import nn
 INCEPTION_BLOCKS = ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
                     "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
 INCEPTION_FEATURES = 2048
-HEAD_HIDDEN = 128  # the carnivores tutorial's Dense(128, relu)
 SMALL_CNN_DENSE = 512  # the cats-vs-dogs tutorial's Dense(512)
 SMALL_CNN_POOLED_PX = 4  # flatten a fixed 4x4 map so the dense layer does not grow with image size
 
@@ -50,8 +49,9 @@ class SmallCNN(nn.Module):
 
 
 class InceptionClassifier(nn.Module):
-    """Inception v3 up to its pooled features, then the carnivores tutorial's head:
-    Dense 128 ReLU -> Dropout -> classes.
+    """Inception v3 up to its pooled features, then a head: with `head_units` (the
+    carnivores tutorial's 128) Dense ReLU -> Dropout -> classes; with 0, Dropout -> classes
+    (the bears tutorial's new softmax layer on the pre-logits).
 
     With ImageNet weights, frozen blocks stay in eval mode while training, as Keras does for
     a frozen base, so their batch-norm statistics are never updated. With random weights
@@ -59,7 +59,8 @@ class InceptionClassifier(nn.Module):
     convolutions with untouched unit statistics blow activations up to ~1e28 by the top
     block, which no head can learn from."""
 
-    def __init__(self, num_classes: int, unfrozen_blocks: int, dropout: float, weights: str) -> None:
+    def __init__(self, num_classes: int, unfrozen_blocks: int, dropout: float, weights: str,
+                 head_units: int = 128) -> None:
         super().__init__()
         from torchvision.models import inception_v3
 
@@ -73,8 +74,10 @@ class InceptionClassifier(nn.Module):
                                      strict=True)
         backbone.fc = nn.Identity()
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(INCEPTION_FEATURES, HEAD_HIDDEN), nn.ReLU(inplace=True),
-                                  nn.Dropout(dropout), nn.Linear(HEAD_HIDDEN, num_classes))
+        hidden: list[nn.Module] = [nn.Linear(INCEPTION_FEATURES, head_units), nn.ReLU(inplace=True)] \
+            if head_units else []
+        self.head = nn.Sequential(*hidden, nn.Dropout(dropout),
+                                  nn.Linear(head_units or INCEPTION_FEATURES, num_classes))
         trainable = set(INCEPTION_BLOCKS[len(INCEPTION_BLOCKS) - unfrozen_blocks:]) if unfrozen_blocks else set()
         self.frozen: list[nn.Module] = []
         for name, child in backbone.named_children():
@@ -116,9 +119,11 @@ REGISTRY: dict[str, ModelFactory] = {
     "small_cnn": lambda num_classes, hp: SmallCNN(
         num_classes, width=hp["cnn_width"], depth=hp["cnn_depth"], dropout=hp["dropout"]),
     "inception_frozen": lambda num_classes, hp: InceptionClassifier(
-        num_classes, unfrozen_blocks=0, dropout=hp["dropout"], weights=hp["weights"]),
+        num_classes, unfrozen_blocks=0, dropout=hp["dropout"], weights=hp["weights"],
+        head_units=hp["head_units"]),
     "inception_partial": lambda num_classes, hp: InceptionClassifier(
-        num_classes, unfrozen_blocks=hp["unfrozen_blocks"], dropout=hp["dropout"], weights=hp["weights"]),
+        num_classes, unfrozen_blocks=hp["unfrozen_blocks"], dropout=hp["dropout"], weights=hp["weights"],
+        head_units=hp["head_units"]),
 }
 
 

@@ -91,24 +91,30 @@ def render(name: str, size_px: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def generate_coats(root: Path, train_per_class: int = 150, test_per_class: int = 30, size_px: int = 96,
-                   seed: int = 0) -> Path:
-    """Write root/train/<class>/<class>_NNNN.jpg and root/test/... deterministically."""
+                   seed: int = 0, classes: tuple[str, ...] = CLASSES) -> Path:
+    """Write root/train/<class>/<class>_NNNN.jpg and root/test/... deterministically.
+
+    `classes` renames the classes (2 to 4 of them) so the set can stand in for a real one,
+    e.g. ("cheetah", "hyena", "jaguar", "tiger"); the n-th class gets the n-th pattern.
+    """
+    if not 2 <= len(classes) <= len(PATTERNS) or len(set(classes)) != len(classes):
+        raise ValueError(f"classes {classes!r}: give 2 to {len(PATTERNS)} distinct names")
     root = Path(root)
     for split_index, (split, count) in enumerate((("train", train_per_class), ("test", test_per_class))):
-        for class_index, name in enumerate(CLASSES):
+        for class_index, (name, pattern) in enumerate(zip(classes, PATTERNS)):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 rng = np.random.default_rng([seed, split_index, class_index, i])
-                Image.fromarray(render(name, size_px, rng)).save(folder / f"{name}_{i:04d}.jpg",
-                                                                  quality=JPEG_QUALITY)
+                Image.fromarray(render(pattern, size_px, rng)).save(folder / f"{name}_{i:04d}.jpg",
+                                                                     quality=JPEG_QUALITY)
     return root
 
 
 GENERATORS: dict[str, Callable[..., Path]] = {"coats": generate_coats}
 
 
-def ensure_generated(root: Path, generator: str = "coats", **kwargs: int) -> bool:
+def ensure_generated(root: Path, generator: str = "coats", **kwargs: object) -> bool:
     """Generate into `root` unless it exists; True if it generated.
 
     Written into a hidden sibling folder and renamed into place, so an interrupted run never

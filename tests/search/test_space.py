@@ -28,6 +28,7 @@ def test_conditional_parameters_appear_only_with_their_parent() -> None:
     configs = sample(Space())
     for config in configs:
         assert ("unfrozen_blocks" in config) == (config["arch"] == "inception_partial")
+        assert ("head_units" in config) == config["arch"].startswith("inception")
         assert ("cnn_width" in config) == (config["arch"] == "small_cnn")
         assert ("cnn_depth" in config) == (config["arch"] == "small_cnn")
         assert ("momentum" in config) == (config["optimizer"] == "sgd")

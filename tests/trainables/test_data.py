@@ -89,10 +89,13 @@ def test_unreadable_images_are_skipped_and_odd_modes_converted(tmp_path: Path) -
     Image.new("RGBA", (10, 30), (0, 0, 0, 0)).save(folder / "transparent.png")
     Image.new("P", (12, 12)).save(folder / "palette.gif")
     Image.fromarray(np.full((8, 8), 60000, dtype=np.uint16)).save(folder / "deep.png")
-    with pytest.warns(UserWarning, match="skipped unreadable image"):
-        arrays = data.load(data.prepare(root, 16, 0.2, 0, tmp_path / "cache"))
+    arrays = data.load(data.prepare(root, 16, 0.2, 0, tmp_path / "cache"))
     paths = arrays.train.paths + arrays.val.paths
     assert not any(p.endswith(("zero.jpg", "random.jpg")) for p in paths)
+    assert sorted(Path(p).name for p, _ in arrays.skipped) == ["random.jpg", "zero.jpg"]
+    assert all("UnidentifiedImageError" in reason for _, reason in arrays.skipped)
+    report = data.summary(arrays, root)
+    assert "skipped 2 unreadable files" in report and "zero.jpg" in report
     assert sum(p.endswith(("gray.png", "transparent.png", "palette.gif", "deep.png")) for p in paths) == 4
 
 

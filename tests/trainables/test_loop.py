@@ -12,7 +12,8 @@ from trainables import data, models, optimizers
 from trainables.loop import evaluate, fit
 
 HP = {"arch": "small_cnn", "cnn_width": 16, "cnn_depth": 3, "augment": 0.0, "optimizer": "adam",
-      "lr": 3e-3, "momentum": None, "batch_size": 16, "dropout": 0.0, "weights": "none", "unfrozen_blocks": None}
+      "lr": 3e-3, "momentum": None, "batch_size": 16, "dropout": 0.0, "weights": "none", "unfrozen_blocks": None,
+      "head_units": 128}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,13 @@ def test_frozen_inception_trains_only_its_head_and_partial_its_top_blocks() -> N
     partial = models.create_model(2, {**HP, "arch": "inception_partial", "unfrozen_blocks": 2})
     blocks = {n.split(".")[1] for n, p in partial.named_parameters() if p.requires_grad and n.startswith("backbone.")}
     assert blocks == {"Mixed_7b", "Mixed_7c"}
+
+
+def test_head_units_zero_is_one_linear_layer_on_the_pooled_features() -> None:
+    linear = models.create_model(3, {**HP, "arch": "inception_frozen", "head_units": 0})
+    assert [type(m).__name__ for m in linear.head] == ["Dropout", "Linear"] and linear.head[1].in_features == 2048
+    hidden = models.create_model(3, {**HP, "arch": "inception_frozen", "head_units": 128})
+    assert [m.out_features for m in hidden.head if isinstance(m, torch.nn.Linear)] == [128, 3]
 
 
 def test_missing_imagenet_weights_say_which_file_to_place_where(tmp_path: Path, monkeypatch) -> None:
