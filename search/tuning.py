@@ -37,8 +37,13 @@ class Plan:
     cluster_gpus: float
 
 
-def plan(experiment: Experiment) -> Plan:
-    """Resolve `gpus_per_worker="auto"` and the concurrency from the cluster's resources."""
+def plan(experiment: Experiment, autoscaling: bool = False) -> Plan:
+    """Resolve `gpus_per_worker="auto"` and the concurrency from the cluster's resources.
+
+    On a cluster that can grow (`autoscaling`, i.e. one the user pointed us at), an explicit
+    `concurrency` is taken as asked, since nodes may be added for it; otherwise trials
+    never outnumber what fits now: more would not fail, only wait.
+    """
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
     res = experiment.resources
@@ -46,14 +51,14 @@ def plan(experiment: Experiment) -> Plan:
     trial_cpus = res.workers * res.cpus_per_worker
     slots = math.floor(cpus / trial_cpus + 1e-9)
     if gpus_per_worker:
-        if gpus < res.workers * gpus_per_worker:
-            raise SpecError("Resources.gpus_per_worker", gpus_per_worker,
-                            f"a trial needs {res.workers * gpus_per_worker:g} GPUs, the cluster has {gpus:g}")
         slots = min(slots, math.floor(gpus / (res.workers * gpus_per_worker) + 1e-9))
+    if autoscaling and experiment.concurrency:
+        slots = max(slots, experiment.concurrency)
     if slots < 1:
-        raise SpecError("Resources.cpus_per_worker", res.cpus_per_worker,
-                        f"a trial needs {trial_cpus:g} CPUs ({res.workers} workers), the cluster has {cpus:g}")
-    # More trials at once than fit would not fail, only wait: never ask for more.
+        needs = f"{trial_cpus:g} CPUs" + (f" and {res.workers * gpus_per_worker:g} GPUs" if gpus_per_worker else "")
+        raise SpecError("Resources", f"{res.workers} x {res.cpus_per_worker:g} CPU",
+                        f"a trial needs {needs}, the cluster has {cpus:g} CPUs and {gpus:g} GPUs now; "
+                        "ask for less, or on an autoscaling cluster give --concurrency")
     concurrency = min(slots, experiment.budget.trials, experiment.concurrency or slots)
     return Plan(concurrency=concurrency, gpus_per_worker=gpus_per_worker, cluster_cpus=cpus, cluster_gpus=gpus)
 

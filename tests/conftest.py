@@ -26,7 +26,10 @@ def ray_session():
     setting where Ray 2.60 leaks stopped trials' workers unless the service frees them."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    from search.run import RAY_JOB_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             runtime_env={"env_vars": RAY_JOB_ENV})
     yield ray
     ray.shutdown()
 

@@ -1,0 +1,25 @@
+"""cluster.yaml passes Ray's own cluster-launcher validation (offline, no credentials)."""
+
+from __future__ import annotations
+
+import copy
+
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from tests.conftest import REPO
+
+
+def test_cluster_yaml_is_a_valid_ray_cluster_config() -> None:
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    assert prepared["provider"]["type"] == "aws"
+    workers = prepared["available_node_types"]["gpu_worker"]
+    assert workers["node_config"]["InstanceType"].startswith(("g5", "g4dn"))
+    assert workers["max_workers"] >= 1
+    assert prepared["available_node_types"]["head"]["resources"] == {"CPU": 0}
+    assert any("pip install" in c and "imagesearch" in c for c in prepared["setup_commands"])
+    assert "/home/ray/.ray/auth_token" in prepared["file_mounts"]
+    head_start = " ".join(prepared["head_start_ray_commands"])
+    assert "RAY_AUTH_MODE=token" in head_start and "--dashboard-host=127.0.0.1" in head_start
