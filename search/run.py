@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -106,12 +107,13 @@ def _start_ray(address: str | None) -> str | None:
         return getattr(context, "dashboard_url", None)
     # Ray Train logs several lines per epoch and trial; Tune's status table is the progress.
     quiet = ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
-    runtime_env = {"env_vars": RAY_JOB_ENV}
     if address:
-        context = ray.init(address=address, logging_config=quiet, runtime_env=runtime_env)
+        # A job-level runtime env reaches the cluster's workers (at the cost of Ray's
+        # logging config, which a runtime env overrides).
+        context = ray.init(address=address, logging_config=quiet, runtime_env={"env_vars": RAY_JOB_ENV})
     else:
-        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_config=quiet,
-                           runtime_env=runtime_env)
+        os.environ.update({k: os.environ.get(k, v) for k, v in RAY_JOB_ENV.items()})  # inherited by the local Ray
+        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_config=quiet)
     return context.dashboard_url or None
 
 

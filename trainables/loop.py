@@ -136,7 +136,7 @@ def fit(hp: dict[str, Any], data: ArrayData, max_epochs: int, report: ReportFn, 
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch} (lr {hp['lr']:g}): diverged")
         val_loss, val_acc = evaluate(model, data.val, device)
         train_time_s += time.perf_counter() - started
-        metrics = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+        metrics = {"epoch": epoch, "train_images": int(seen), "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "val_loss": val_loss, "val_acc": val_acc, "train_time_s": train_time_s}
         report(metrics, {"epoch": epoch, "train_time_s": train_time_s,
                          "model": model.state_dict(), "optimizer": optimizer.state_dict()})

@@ -33,6 +33,7 @@ def test_training_reduces_the_loss(arrays: data.ArrayData) -> None:
     model = fit(HP, arrays, 4, lambda metrics, state: reports.append(metrics), seed=0, device=torch.device("cpu"))
     assert [r["epoch"] for r in reports] == [1, 2, 3, 4]
     assert reports[-1]["train_loss"] < reports[0]["train_loss"]
+    assert all(r["train_images"] == len(arrays.train.labels) for r in reports)
     for key in ("val_acc", "val_loss", "train_acc", "train_loss", "train_time_s"):
         assert all(key in r for r in reports)
     assert evaluate(model, arrays.val, torch.device("cpu"))[1] == pytest.approx(reports[-1]["val_acc"])
