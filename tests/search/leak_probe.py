@@ -1,12 +1,17 @@
-"""Run a search in a fresh local Ray with the dashboard on, then write what Ray's State API
-still shows alive as JSON to $LEAK_PROBE_OUT (tests/search/test_search.py runs this)."""
+"""Run a search in a fresh local Ray with the dashboard on; while it runs, ask the dashboard
+for its version with and without the auth token; afterwards, what Ray's State API still
+shows alive. Writes all of it as JSON to $LEAK_PROBE_OUT (tests/search/test_search.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import ray
 from ray.util import state
@@ -19,7 +24,26 @@ if __name__ == "__main__":
                        runtime_env={"env_vars": RAY_JOB_ENV})
     # Name this cluster's dashboard: the test session runs a Ray of its own beside it.
     api = f"http://{context.dashboard_url}"
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    answers: dict[str, int] = {}
+    done = threading.Event()
+
+    def ask_dashboard() -> None:
+        while not done.is_set() and len(answers) < 2:
+            for label, headers in (("with_token", {"Authorization": f"Bearer {token}"}), ("without_token", {})):
+                try:
+                    with urllib.request.urlopen(urllib.request.Request(f"{api}/api/version", headers=headers),
+                                                timeout=5) as reply:
+                        answers[label] = reply.status
+                except urllib.error.HTTPError as err:
+                    answers[label] = err.code
+            time.sleep(2)
+
+    asker = threading.Thread(target=ask_dashboard)
+    asker.start()
     code = main(sys.argv[1:])
+    done.set()
+    asker.join()
     deadline = time.monotonic() + 30
     while True:
         groups = [g.placement_group_id for g in state.list_placement_groups(address=api, filters=[("state", "!=", "REMOVED")])]
@@ -29,5 +53,5 @@ if __name__ == "__main__":
             break
         time.sleep(1)
     with open(os.environ["LEAK_PROBE_OUT"], "w") as f:
-        json.dump({"exit_code": code, "placement_groups": groups, "actors": actors}, f)
+        json.dump({"exit_code": code, "placement_groups": groups, "actors": actors, "dashboard": answers}, f)
     ray.shutdown()

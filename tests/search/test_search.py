@@ -111,7 +111,7 @@ def test_predict_reports_an_unreadable_image_on_its_row(asha_run, tmp_path: Path
     assert frame["error"].iloc[0]
 
 
-def test_with_the_dashboard_nothing_is_left_either(coats: Path, tmp_path: Path) -> None:
+def test_with_the_dashboard_it_answers_and_nothing_is_left_either(coats: Path, tmp_path: Path) -> None:
     experiment = write_experiment(tmp_path, ASHA_EXPERIMENT.format(data=coats))
     probe_out = tmp_path / "probe.json"
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("leak_probe.py")), str(experiment),
@@ -119,6 +119,9 @@ def test_with_the_dashboard_nothing_is_left_either(coats: Path, tmp_path: Path) 
                           env={**cli_env(), "LEAK_PROBE_OUT": str(probe_out)}, cwd=tmp_path, timeout=900)
     assert probe_out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     probe = json.loads(probe_out.read_text())
-    assert probe == {"exit_code": 0, "placement_groups": [], "actors": []}
+    # the dashboard answered while the search ran, and only with Ray's auth token
+    assert probe["dashboard"] == {"with_token": 200, "without_token": 401}
+    assert {k: probe[k] for k in ("exit_code", "placement_groups", "actors")} == \
+        {"exit_code": 0, "placement_groups": [], "actors": []}
     report = pd.read_csv(tmp_path / "out" / "report.csv")
     assert len(report) == 6 and (report["status"] == "early_stopped").any()
