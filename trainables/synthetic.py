@@ -97,7 +97,8 @@ def render(name: str, size_px: int, rng: np.random.Generator) -> np.ndarray:
     """One uint8 [size, size, 3] image of pattern `name`, drawn from `rng` alone."""
     y, x = np.mgrid[0:size_px, 0:size_px].astype(np.float64) - (size_px - 1) / 2
     turn = rng.uniform(0, 2 * np.pi)
-    grid = (x * np.sin(turn) + y * np.cos(turn) + size_px / 2, x * np.cos(turn) - y * np.sin(turn) + size_px / 2)
+    cos, sin = np.cos(turn), np.sin(turn)
+    grid = (x * sin + y * cos + size_px / 2, x * cos - y * sin + size_px / 2)
     ink = PATTERNS[name](rng, grid, size_px * rng.uniform(0.12, 0.24))
     hue = rng.uniform()
     light, dark = rng.permutation([rng.uniform(0.65, 0.95), rng.uniform(0.12, 0.4)])
