@@ -39,7 +39,9 @@ def trial_row(trial_id: str, trial_number: int, config: dict[str, Any], history:
     row.update(trial_id=trial_id, trial_number=trial_number, recipe=recipe_index(config, points), epochs=0, error=None if error is None else str(error).strip().splitlines()[-1][:500],
                checkpoint_path=None)
     if history is not None and objective in history and history[objective].notna().any():
-        best = history.loc[history[objective].idxmax() if mode == "max" else history[objective].idxmin()]
+        # On ties the latest epoch wins: Ray Train keeps the latest checkpoint, not the first.
+        best = history.dropna(subset=[objective]).sort_values(
+            [objective, "epoch"], ascending=[mode == "max", True], kind="stable").iloc[-1]
         row.update({k: best.get(k) for k in ("val_acc", "val_loss", "train_acc", "train_loss")})
         row.update(epochs=int(history["epoch"].max()), train_time_s=float(history["train_time_s"].max()),
                    startup_s=float(history["startup_s"].iloc[0]), checkpoint_path=best.get("checkpoint_path"))

@@ -1,0 +1,64 @@
+"""--address runs the search on a Ray cluster that is already running (`ray start --head`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import cli_env, tiny_experiment
+
+
+def auth_env() -> dict[str, str]:
+    # Joining a cluster with token auth needs the mode said out loud (README, --address).
+    return {**cli_env(), "RAY_AUTH_MODE": "token"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head_node(tmp_path: Path):
+    port = free_port()
+    # --block keeps the head in this process group, so the test stops exactly this cluster
+    # (`ray stop` would stop every Ray on the machine, the test session's included).
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, env=auth_env(), start_new_session=True)
+    address = f"{socket.gethostbyname(socket.gethostname())}:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if subprocess.run(["ray", "status", f"--address={address}"], capture_output=True, env=auth_env()).returncode == 0:
+            break
+        assert head.poll() is None, (tmp_path / "head.log").read_text()
+        time.sleep(1)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_search_runs_on_an_existing_cluster(head_node: str, coats: Path, tmp_path: Path) -> None:
+    experiment = tiny_experiment(tmp_path, coats, trials=2, epochs=1)
+    proc = subprocess.run([sys.executable, "-m", "search.run", str(experiment), "--out", str(tmp_path / "out"),
+                           "--address", head_node], capture_output=True, text=True, env=auth_env(), cwd=tmp_path,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+    assert "Searching 2 trials, 2 at a time, on 2 CPUs" in proc.stdout
+    assert len(pd.read_csv(tmp_path / "out" / "report.csv")) == 2
+    still_up = subprocess.run(["ray", "status", f"--address={head_node}"], capture_output=True, env=auth_env())
+    assert still_up.returncode == 0  # the search leaves the user's cluster running
