@@ -113,7 +113,10 @@ def _start_ray(address: str | None) -> str | None:
         context = ray.init(address=address, logging_config=quiet, runtime_env={"env_vars": RAY_JOB_ENV})
     else:
         os.environ.update({k: os.environ.get(k, v) for k, v in RAY_JOB_ENV.items()})  # inherited by the local Ray
-        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_config=quiet)
+        # "local": always a new Ray of our own, never one a `ray start` left on this machine
+        # (plain ray.init() joins that one, and hangs when it is gone but its address file is not).
+        context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                           logging_config=quiet)
     return context.dashboard_url or None
 
 

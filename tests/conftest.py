@@ -28,7 +28,7 @@ def ray_session():
 
     from search.run import RAY_JOB_ENV
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
              runtime_env={"env_vars": RAY_JOB_ENV})
     yield ray
     ray.shutdown()

@@ -20,7 +20,7 @@ from search.run import RAY_JOB_ENV, main
 from tests.search.test_search import CLUSTER_SINGLETONS
 
 if __name__ == "__main__":
-    context = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False,
+    context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False,
                        runtime_env={"env_vars": RAY_JOB_ENV})
     # Name this cluster's dashboard: the test session runs a Ray of its own beside it.
     api = f"http://{context.dashboard_url}"

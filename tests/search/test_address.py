@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +50,10 @@ def head_node(tmp_path: Path):
         head.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+    # `ray start` records its address for later plain ray.init() calls and leaves it behind.
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if current.exists() and current.read_text().strip() == address:
+        current.unlink()
 
 
 def test_search_runs_on_an_existing_cluster(head_node: str, coats: Path, tmp_path: Path) -> None:
