@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 from search.spec import Experiment, SpecError, load_experiment, replace
+from search.data_report import data_report, leakage_warning
 from trainables import data
+from trainables.leakage import find_leakage
 from trainables.models import WeightsUnavailable
 
 EXIT_USAGE = 2
@@ -112,7 +114,8 @@ def _start_ray(address: str | None) -> str | None:
         # logging config, which a runtime env overrides).
         context = ray.init(address=address, logging_config=quiet, runtime_env={"env_vars": RAY_JOB_ENV})
     else:
-        os.environ.update({k: os.environ.get(k, v) for k, v in RAY_JOB_ENV.items()})  # inherited by the local Ray
+        for key, value in RAY_JOB_ENV.items():  # the local Ray's processes inherit them
+            os.environ.setdefault(key, value)
         # "local": always a new Ray of our own, never one a `ray start` left on this machine
         # (plain ray.init() joins that one, and hangs when it is gone but its address file is not).
         context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
@@ -132,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed, out / "cache")
         arrays = data.load(cache)
         print(data.summary(arrays, folder) + f"\n  (ready in {time.perf_counter() - started:.1f} s)", flush=True)
+        leaks = find_leakage(arrays)
+        data_report(arrays, leaks).to_csv(out / "data_report.csv", index=False)
+        if leaks:
+            print(leakage_warning(leaks), flush=True)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,4 +77,22 @@ def test_check_reports_the_data_without_training(tmp_path: Path) -> None:
     assert "2 classes" in proc.stdout and "cat 3" in proc.stdout and "dog 3" in proc.stdout
     assert "skipped 1 unreadable files" in proc.stdout and "broken.jpg" in proc.stdout
     assert "Ray dashboard" not in proc.stdout and not (tmp_path / "out" / "tune").exists()
-    assert os.listdir(tmp_path / "out") == ["cache"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["cache", "data_report.csv"]
+    report = pd.read_csv(tmp_path / "out" / "data_report.csv")
+    assert (report["status"] == "used").sum() == 8 + 2
+    skipped = report[report["status"] == "skipped"].iloc[0]
+    assert skipped["path"].endswith("broken.jpg") and skipped["class"] == "cat" and skipped["split"] == "train"
+    assert "UnidentifiedImageError" in skipped["reason"]
+
+
+def test_a_picture_in_train_and_test_is_reported_as_leakage(tmp_path: Path) -> None:
+    data = generate_coats(tmp_path / "data", train_per_class=4, test_per_class=1, size_px=80, classes=("cat", "dog"))
+    shutil.copy(data / "train" / "dog" / "dog_0002.jpg", data / "test" / "dog" / "copied.jpg")
+    proc = subprocess.run([sys.executable, "-m", "search.run", str(REPO / "experiments" / "cats_vs_dogs.py"),
+                           "--check", "--data", str(data), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: 1 pictures appear in two splits" in proc.stdout and "copied.jpg" in proc.stdout
+    report = pd.read_csv(tmp_path / "out" / "data_report.csv")
+    leak = report[report["status"] == "leakage"].iloc[0]
+    assert leak["path"].endswith("dog_0002.jpg") and "copied.jpg" in leak["reason"] and leak["split"] in ("train", "val")
