@@ -52,7 +52,7 @@ def head_node(tmp_path: Path):
         os.killpg(head.pid, signal.SIGKILL)
     # `ray start` records its address for later plain ray.init() calls and leaves it behind.
     current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-    if current.exists() and current.read_text().strip() == address:
+    if current.exists() and current.read_text().strip().endswith(f":{address.rsplit(':', 1)[1]}"):
         current.unlink()
 
 
