@@ -1,4 +1,4 @@
-"""`data_report.csv` in `--out`: every image's fate (used, skipped, leakage) and why."""
+"""`data_report.csv` in `--out`: every file's fate (used, skipped, ignored, leakage) and why."""
 
 from __future__ import annotations
 
@@ -11,14 +11,21 @@ from trainables.data import ArrayData
 COLUMNS = ["path", "class", "split", "status", "reason"]
 
 
-def data_report(arrays: ArrayData, leaks: list[tuple[str, str, int]]) -> pd.DataFrame:
-    """One row per image used or skipped, plus one per pair of splits sharing a picture."""
+def _place(path: str, root: Path) -> tuple[str, str]:
+    """(class, split) of a path under the data folder; class is "" outside class folders."""
+    parts = Path(path).relative_to(root).parts
+    return (parts[1] if len(parts) > 2 else ""), parts[0]
+
+
+def data_report(arrays: ArrayData, leaks: list[tuple[str, str, int]], root: Path) -> pd.DataFrame:
+    """One row per image used or skipped, per entry not read (non-image, nested folder),
+    and per pair of splits sharing a picture."""
     rows = []
     for split in ("train", "val", "test"):
         part = getattr(arrays, split)
         rows += [(path, arrays.classes[label], split, "used", "") for path, label in zip(part.paths, part.labels)]
-    rows += [(path, Path(path).parent.name, Path(path).parent.parent.name, "skipped", reason)
-             for path, reason in arrays.skipped]
+    for status, entries in (("skipped", arrays.skipped), ("ignored", arrays.ignored)):
+        rows += [(path, *_place(path, root), status, reason) for path, reason in entries]
     split_of = {p: s for s in ("train", "val", "test") for p in getattr(arrays, s).paths}
     rows += [(a, Path(a).parent.name, split_of[a], "leakage",
               f"same picture as {b} in {split_of[b]} (hash distance {d})") for a, b, d in leaks]

@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--check", action="store_true",
                         help="check the data folder, print class counts and problems, train nothing")
     parser.add_argument("--seed", type=int, help="seed of the sampler, the split and the training")
+    parser.add_argument("--cache", help=f"folder of decoded-image caches (default: ${data.CACHE_ENV} or "
+                                        "~/.cache/imagesearch), shared by runs on the same data")
     return parser.parse_args(argv)
 
 
@@ -132,11 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.check:
             _check_weights(experiment)
         started = time.perf_counter()
-        cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed, out / "cache")
-        arrays = data.load(cache)
-        print(data.summary(arrays, folder) + f"\n  (ready in {time.perf_counter() - started:.1f} s)", flush=True)
+        cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed,
+                             Path(args.cache) if args.cache else None)
+        arrays = data.load(cache.path)
+        how = "reused the decoded cache" if cache.reused else "decoded into the cache"
+        print(data.summary(arrays, folder) + f"\n  ({how} {cache.path} in {time.perf_counter() - started:.1f} s)",
+              flush=True)
         leaks = find_leakage(arrays)
-        data_report(arrays, leaks).to_csv(out / "data_report.csv", index=False)
+        data_report(arrays, leaks, folder).to_csv(out / "data_report.csv", index=False)
         if leaks:
             print(leakage_warning(leaks), flush=True)
     except USER_ERRORS as err:
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Searching {experiment.budget.trials} trials, {the_plan.concurrency} at a time, on "
           f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {out}", flush=True)
     started = time.perf_counter()
-    grid = tuning.search(experiment, out, cache, the_plan, resume=args.resume)
+    grid = tuning.search(experiment, out, arrays, the_plan, resume=args.resume)
     summary = finish(grid, experiment, arrays, out)
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ PLACEMENT_GROUP_KEY = "placement_group"
 class TrialSettings:
     """What every trial of one search shares, besides its sampled hyperparameters."""
 
-    data_cache: str
+    data: Any  # ray.ObjectRef of the trainables.data.ArrayData every trial shares
     storage_path: str
     weights: str
     max_epochs: int
@@ -48,13 +48,12 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.util
     import torch
 
-    from trainables.data import load
     from trainables.loop import fit
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    data = load(Path(config["data_cache"]))
+    data = ray.get(config["data"])
     state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -86,7 +85,8 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    loop_config = {**asdict(settings), "hparams": {**hparams(config), "weights": settings.weights},
+    # Not asdict(): it would deep-copy the data's ObjectRef.
+    loop_config = {**{f.name: getattr(settings, f.name) for f in fields(settings)}, "hparams": {**hparams(config), "weights": settings.weights},
                    "trial_started_at": time.time()}
     resources = {"CPU": settings.cpus_per_worker}
     if settings.gpus_per_worker:

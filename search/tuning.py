@@ -19,6 +19,7 @@ from search.cleanup import PlacementGroupReaper
 from search.space import recipe_points, space_function
 from search.spec import Experiment, SpecError
 from search.trial import TrialSettings, run_trial
+from trainables.data import ArrayData
 
 TUNE_DIR = "tune"
 TRAIN_DIR = "train"
@@ -80,21 +81,23 @@ def _searcher(experiment: Experiment) -> OptunaSearch:
                         sampler=sampler)
 
 
-def _trainable(experiment: Experiment, out: Path, data_cache: Path, the_plan: Plan) -> tune.Trainable:
+def _trainable(experiment: Experiment, out: Path, arrays: ArrayData, the_plan: Plan) -> tune.Trainable:
     res = experiment.resources
     settings = TrialSettings(
-        data_cache=str(data_cache), storage_path=str(out / TRAIN_DIR), weights=experiment.weights,
+        # Decoded once, put in Ray's object store once: every trial on every node reads
+        # this one copy (zero-copy on a node), with no shared filesystem needed.
+        data=ray.put(arrays), storage_path=str(out / TRAIN_DIR), weights=experiment.weights,
         max_epochs=experiment.budget.max_epochs, seed=experiment.seed, workers=res.workers,
         cpus_per_worker=res.cpus_per_worker, gpus_per_worker=the_plan.gpus_per_worker,
         objective=experiment.objective, mode=experiment.mode)
     return tune.with_resources(tune.with_parameters(run_trial, settings=settings), DRIVER_RESOURCES)
 
 
-def search(experiment: Experiment, out: Path, data_cache: Path, the_plan: Plan,
+def search(experiment: Experiment, out: Path, arrays: ArrayData, the_plan: Plan,
            resume: bool = False) -> tune.ResultGrid:
     """Run (or, with `resume`, continue) the search; its Tune state lives in `out/tune`."""
     out = out.resolve()
-    trainable = _trainable(experiment, out, data_cache, the_plan)
+    trainable = _trainable(experiment, out, arrays, the_plan)
     tune_path = out / TUNE_DIR
     if resume and tune.Tuner.can_restore(str(tune_path)):
         # resume_errored keeps the trial id (Optuna knows it); restart_errored would not.

@@ -11,6 +11,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decoded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Decoded-image caches of this test session (and its CLI subprocesses), never ~/.cache."""
+    from trainables.data import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("decoded-cache")
+    os.environ[CACHE_ENV] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def coats(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The quickstart's generated data set, small: 4 classes x 16 train / 4 test, 64 px."""

@@ -2,16 +2,19 @@
 
 A data folder holds `train/` and `test/`, one subfolder per class (sorted names are the
 class order). Images are decoded once, converted to RGB, resized to the experiment's size
-and stored as uint8 arrays in one `.npz` file that every trial memory-maps, instead of
-every trial decoding every JPEG in every epoch. Only the files directly inside a class
-folder count; nested folders are ignored.
+and stored as uint8 arrays in one `.npz` file, keyed by the files' content, the image size,
+the split and this code's version, instead of every trial decoding every JPEG in every
+epoch. Only the image files directly inside a class folder count: nested folders, files
+outside class folders and non-image files are not read, and are listed (with the reason)
+so the data report shows them; hidden files are ignored silently.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +22,13 @@ from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # Bump when decoding changes, so caches built by older code are not reused.
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 SHOWN_SKIPPED = 10
+MIN_IMAGES_PER_CLASS = 2
+# PIL's own threshold for a decompression bomb warning (~89 M pixels, a 1 GB RGBA image);
+# larger images are skipped, never decoded: a small file can claim gigapixels.
+MAX_PIXELS = 89_478_485
+CACHE_ENV = "IMAGESEARCH_CACHE"
 
 
 class DataError(ValueError):
@@ -48,6 +56,36 @@ class ArrayData:
     val: Split
     test: Split
     skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of files that could not be read
+    ignored: tuple[tuple[str, str], ...] = ()  # (path, reason) of entries not read at all
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What a data folder holds: classes, the (path, label) lists of train and test, and
+    the entries that were not read (non-images, nested folders) with the reason."""
+
+    classes: tuple[str, ...]
+    files: dict[str, list[tuple[Path, int]]]
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A cache file `prepare` made or found; `reused` says which."""
+
+    path: Path
+    reused: bool
+
+
+def default_cache_dir() -> Path:
+    """Where decoded caches live: `$IMAGESEARCH_CACHE`, else the user's cache folder.
+
+    Shared by every run and experiment: the key is the data's content, so a second run on
+    unchanged data (any `--out`) reuses the cache and a changed file makes a new one.
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagesearch"
 
 
 def is_image_file(path: Path) -> bool:
@@ -60,32 +98,49 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
-def _class_dirs(split_dir: Path) -> list[Path]:
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _class_dirs(split_dir: Path, ignored: list[tuple[str, str]]) -> list[Path]:
     if not split_dir.exists():
         raise DataError(split_dir, "missing folder; expected one subfolder per class here")
     if not split_dir.is_dir():
         raise DataError(split_dir, "is a file; expected a folder with one subfolder per class")
-    dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = _visible(split_dir)
+    ignored += [(str(p), "file outside a class folder: not used") for p in entries if not p.is_dir()]
+    dirs = [p for p in entries if p.is_dir()]
     if not dirs:
         raise DataError(split_dir, "has no class subfolders; expected one subfolder per class")
     return dirs
 
 
-def scan(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]]:
-    """Classes and the (path, label) lists of `train` and `test`, checked for structure."""
+def _class_files(folder: Path, ignored: list[tuple[str, str]]) -> list[Path]:
+    images = []
+    for path in _visible(folder):
+        if path.is_dir():
+            ignored.append((str(path), "nested folder: not scanned; put images directly in the class folder"))
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(path)
+        else:
+            ignored.append((str(path), f"not an image file (extension {path.suffix or 'none'!r})"))
+    return images
+
+
+def scan(root: Path) -> Scan:
+    """Classes, the image files of `train` and `test`, and what was not read, checked for structure."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "missing data folder; expected a folder holding train/ and test/")
-    train_dirs = _class_dirs(root / "train")
-    classes = tuple(d.name for d in train_dirs)
-    test_classes = tuple(d.name for d in _class_dirs(root / "test"))
+    ignored: list[tuple[str, str]] = []
+    classes = tuple(d.name for d in _class_dirs(root / "train", ignored))
+    test_classes = tuple(d.name for d in _class_dirs(root / "test", ignored))
     if test_classes != classes:
         raise DataError(root / "test", f"classes {list(test_classes)} differ from train/'s {list(classes)}")
-    files = {}
-    for split in ("train", "test"):
-        files[split] = [(path, label) for label, name in enumerate(classes)
-                        for path in image_files(root / split / name)]
-    return classes, files
+    files = {split: [(path, label) for label, name in enumerate(classes)
+                     for path in _class_files(root / split / name, ignored)]
+             for split in ("train", "test")}
+    return Scan(classes, files, ignored)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +157,13 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 def decode(path: Path, size_px: int) -> np.ndarray:
     """One image as uint8 [size, size, 3]: EXIF orientation applied, RGB, resized."""
-    with Image.open(path) as img:
+    with warnings.catch_warnings():
+        # PIL only warns between 1x and 2x its limit; the check below refuses those too.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    with img:
+        if img.width * img.height > MAX_PIXELS:
+            raise ValueError(f"decompression bomb: {img.width}x{img.height} pixels, more than {MAX_PIXELS:,}")
         img = ImageOps.exif_transpose(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             background = Image.new("RGB", img.size, (255, 255, 255))
@@ -128,31 +189,41 @@ def _decode_all(items: list[tuple[Path, int]], size_px: int, skipped: list[tuple
     return Split(array, np.asarray(labels, dtype=np.int64), tuple(paths))
 
 
-def _fingerprint(files: dict[str, list[tuple[Path, int]]], size_px: int, val_fraction: float, seed: int) -> str:
+def _fingerprint(found: Scan, size_px: int, val_fraction: float, seed: int) -> str:
+    # Content, not modification times: a copied or touched folder keeps its cache, an
+    # edited picture gets a new one. Hashing is ~100x cheaper than decoding.
     digest = hashlib.sha256(f"{CACHE_VERSION}|{size_px}|{val_fraction}|{seed}".encode())
-    for split, items in files.items():
+    for split, items in found.files.items():
         for path, label in items:
-            stat = path.stat()
-            digest.update(f"{split}|{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            with open(path, "rb") as f:
+                content = hashlib.file_digest(f, "sha256").hexdigest()
+            digest.update(f"{split}|{path}|{label}|{content}\n".encode())
+    digest.update(repr(found.ignored).encode())
     return digest.hexdigest()[:16]
 
 
-def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir: Path) -> Path:
+def _check_counts(root: Path, classes: tuple[str, ...], split: str, labels: np.ndarray, noun: str) -> None:
+    counts = np.bincount(labels, minlength=len(classes))
+    for name, count in zip(classes, counts):
+        if count < MIN_IMAGES_PER_CLASS:
+            raise DataError(Path(root) / split / name,
+                            f"has {count} {noun}; need at least {MIN_IMAGES_PER_CLASS} per class")
+
+
+def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir: Path | None = None) -> Prepared:
     """Decode the folder once into `cache_dir/arrays-<fingerprint>.npz`; reuse it when unchanged."""
-    classes, files = scan(root)
-    for name in classes:
-        count = sum(1 for _, label in files["train"] if classes[label] == name)
-        if count < 2:
-            raise DataError(Path(root) / "train" / name, f"has {count} images; need at least 2 per class")
-    cache = Path(cache_dir) / f"arrays-{_fingerprint(files, size_px, val_fraction, seed)}.npz"
+    found = scan(root)
+    for split, items in found.files.items():
+        _check_counts(root, found.classes, split, np.asarray([label for _, label in items], dtype=np.int64),
+                      "image files")
+    cache = Path(cache_dir or default_cache_dir()) / f"arrays-{_fingerprint(found, size_px, val_fraction, seed)}.npz"
     if cache.exists():
-        return cache
-    skipped: list[tuple[str, str]] = []
-    train_all = _decode_all(files["train"], size_px, skipped)
-    test = _decode_all(files["test"], size_px, skipped)
-    for label, name in enumerate(classes):
-        if np.count_nonzero(train_all.labels == label) < 2:
-            raise DataError(Path(root) / "train" / name, "has fewer than 2 readable images")
+        return Prepared(cache, reused=True)
+    classes, skipped = found.classes, []
+    train_all = _decode_all(found.files["train"], size_px, skipped)
+    test = _decode_all(found.files["test"], size_px, skipped)
+    _check_counts(root, classes, "train", train_all.labels, "readable images")
+    _check_counts(root, classes, "test", test.labels, "readable images")
     train_idx, val_idx = stratified_split(train_all.labels, val_fraction, seed)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp-{os.getpid()}.npz")
@@ -163,9 +234,10 @@ def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir:
              val_images=train_all.images[val_idx], val_labels=train_all.labels[val_idx],
              val_paths=paths[val_idx] if len(paths) else paths,
              test_images=test.images, test_labels=test.labels, test_paths=np.asarray(test.paths),
-             skipped=np.asarray(skipped, dtype=str).reshape(-1, 2))
+             skipped=np.asarray(skipped, dtype=str).reshape(-1, 2),
+             ignored=np.asarray(found.ignored, dtype=str).reshape(-1, 2))
     os.replace(tmp, cache)  # atomic: a reader never sees a half-written cache
-    return cache
+    return Prepared(cache, reused=False)
 
 
 def load(cache: Path) -> ArrayData:
@@ -173,8 +245,8 @@ def load(cache: Path) -> ArrayData:
     with np.load(cache, allow_pickle=False) as z:
         splits = {name: Split(z[f"{name}_images"], z[f"{name}_labels"], tuple(z[f"{name}_paths"].tolist()))
                   for name in ("train", "val", "test")}
-        skipped = tuple((path, reason) for path, reason in z["skipped"].tolist())
-        return ArrayData(classes=tuple(z["classes"].tolist()), skipped=skipped, **splits)
+        skipped, ignored = (tuple((path, reason) for path, reason in z[key].tolist()) for key in ("skipped", "ignored"))
+        return ArrayData(classes=tuple(z["classes"].tolist()), skipped=skipped, ignored=ignored, **splits)
 
 
 def summary(arrays: ArrayData, root: Path) -> str:
@@ -190,4 +262,6 @@ def summary(arrays: ArrayData, root: Path) -> str:
         lines += [f"    {path}: {reason}" for path, reason in arrays.skipped[:SHOWN_SKIPPED]]
         if len(arrays.skipped) > SHOWN_SKIPPED:
             lines.append(f"    ... and {len(arrays.skipped) - SHOWN_SKIPPED} more")
+    if arrays.ignored:
+        lines.append(f"  not read: {len(arrays.ignored)} non-image files or nested folders (listed in data_report.csv)")
     return "\n".join(lines)

@@ -36,6 +36,8 @@ def default_device() -> torch.device:
 
 def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [0, 1] on `device`."""
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()  # arrays from Ray's object store are read-only; torch wants writable
     batch = torch.as_tensor(images).to(device, non_blocking=True)
     return batch.permute(0, 3, 1, 2).float().div_(255)
 

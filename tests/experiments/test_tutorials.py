@@ -67,30 +67,40 @@ def test_smoke_runs_on_a_stand_in_with_the_tutorials_classes(name: str, torch_ho
     assert first["param.arch"] == recipe["arch"] and first["param.lr"] == pytest.approx(recipe["lr"])
 
 
-def test_check_reports_the_data_without_training(tmp_path: Path) -> None:
-    data = generate_coats(tmp_path / "data", train_per_class=4, test_per_class=1, size_px=80, classes=("cat", "dog"))
+def _check(data: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.run", str(REPO / "experiments" / "cats_vs_dogs.py"),
+                           "--check", "--data", str(data), "--out", str(out)],
+                          capture_output=True, text=True, env=cli_env(), cwd=out.parent, timeout=300)
+
+
+def test_check_reports_the_data_without_training_and_a_second_run_reuses_the_cache(tmp_path: Path) -> None:
+    data = generate_coats(tmp_path / "data", train_per_class=4, test_per_class=2, size_px=80, classes=("cat", "dog"))
     (data / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
-    proc = subprocess.run([sys.executable, "-m", "search.run", str(REPO / "experiments" / "cats_vs_dogs.py"),
-                           "--check", "--data", str(data), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
+    (data / "train" / "dog" / "labels.csv").write_text("not an image")
+    proc = _check(data, tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "2 classes" in proc.stdout and "cat 3" in proc.stdout and "dog 3" in proc.stdout
     assert "skipped 1 unreadable files" in proc.stdout and "broken.jpg" in proc.stdout
+    assert "decoded into the cache" in proc.stdout and "not read: 1" in proc.stdout
     assert "Ray dashboard" not in proc.stdout and not (tmp_path / "out" / "tune").exists()
-    assert sorted(os.listdir(tmp_path / "out")) == ["cache", "data_report.csv"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["data_report.csv"]
     report = pd.read_csv(tmp_path / "out" / "data_report.csv")
-    assert (report["status"] == "used").sum() == 8 + 2
+    assert (report["status"] == "used").sum() == 8 + 4
     skipped = report[report["status"] == "skipped"].iloc[0]
     assert skipped["path"].endswith("broken.jpg") and skipped["class"] == "cat" and skipped["split"] == "train"
     assert "UnidentifiedImageError" in skipped["reason"]
+    ignored = report[report["status"] == "ignored"].iloc[0]
+    assert ignored["path"].endswith("labels.csv") and ignored["class"] == "dog" and "not an image" in ignored["reason"]
+
+    again = _check(data, tmp_path / "another-out")
+    assert again.returncode == 0 and "reused the decoded cache" in again.stdout
+    assert pd.read_csv(tmp_path / "another-out" / "data_report.csv").equals(report)
 
 
 def test_a_picture_in_train_and_test_is_reported_as_leakage(tmp_path: Path) -> None:
-    data = generate_coats(tmp_path / "data", train_per_class=4, test_per_class=1, size_px=80, classes=("cat", "dog"))
+    data = generate_coats(tmp_path / "data", train_per_class=4, test_per_class=2, size_px=80, classes=("cat", "dog"))
     shutil.copy(data / "train" / "dog" / "dog_0002.jpg", data / "test" / "dog" / "copied.jpg")
-    proc = subprocess.run([sys.executable, "-m", "search.run", str(REPO / "experiments" / "cats_vs_dogs.py"),
-                           "--check", "--data", str(data), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
+    proc = _check(data, tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "warning: 1 pictures appear in two splits" in proc.stdout and "copied.jpg" in proc.stdout
     report = pd.read_csv(tmp_path / "out" / "data_report.csv")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def test_test_classes_must_match_train(tmp_path: Path) -> None:
         data.scan(root)
 
 
-def test_scan_matches_extensions_in_any_case_and_skips_hidden_and_nested(tmp_path: Path) -> None:
+def test_scan_matches_extensions_in_any_case_and_lists_what_it_does_not_read(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "d", train=2)
     folder = root / "train" / "a"
     os.rename(folder / "0.png", folder / "0.PNG")
@@ -52,9 +53,14 @@ def test_scan_matches_extensions_in_any_case_and_skips_hidden_and_nested(tmp_pat
     (folder / "notes.txt").write_text("not an image")
     (folder / "nested").mkdir()
     (folder / "nested" / "x.png").write_bytes((folder / "1.png").read_bytes())
-    classes, files = data.scan(root)
-    assert classes == ("a", "b")
-    assert sorted(p.name for p, label in files["train"] if label == 0) == ["0.PNG", "1.png"]
+    (root / "test" / "README").write_text("outside any class folder")
+    found = data.scan(root)
+    assert found.classes == ("a", "b")
+    assert sorted(p.name for p, label in found.files["train"] if label == 0) == ["0.PNG", "1.png"]
+    reasons = {Path(path).name: reason for path, reason in found.ignored}
+    assert set(reasons) == {"notes.txt", "nested", "README"}  # hidden files are ignored silently
+    assert "not an image" in reasons["notes.txt"] and "nested folder" in reasons["nested"]
+    assert "outside a class folder" in reasons["README"]
 
 
 def test_stratified_split_is_seeded_and_keeps_each_class() -> None:
@@ -68,38 +74,122 @@ def test_stratified_split_is_seeded_and_keeps_each_class() -> None:
 
 def test_prepare_decodes_once_and_rebuilds_when_a_file_changes(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "d")
-    cache = data.prepare(root, 16, 0.2, 0, tmp_path / "cache")
-    arrays = data.load(cache)
+    first = data.prepare(root, 16, 0.2, 0, tmp_path / "cache")
+    assert not first.reused
+    arrays = data.load(first.path)
     assert arrays.classes == ("a", "b")
     assert arrays.train.images.shape[1:] == (16, 16, 3) and arrays.train.images.dtype == np.uint8
     assert len(arrays.train.labels) + len(arrays.val.labels) == 10 and len(arrays.test.labels) == 4
-    assert data.prepare(root, 16, 0.2, 0, tmp_path / "cache") == cache
+    assert data.prepare(root, 16, 0.2, 0, tmp_path / "cache") == data.Prepared(first.path, reused=True)
+    os.utime(root / "train" / "a" / "0.png", ns=(1, 1))  # touched, same content: still reused
+    assert data.prepare(root, 16, 0.2, 0, tmp_path / "cache").path == first.path
     Image.new("RGB", (20, 20), "red").save(root / "train" / "a" / "0.png")
-    os.utime(root / "train" / "a" / "0.png", ns=(1, 1))
-    assert data.prepare(root, 16, 0.2, 0, tmp_path / "cache") != cache
-    assert data.prepare(root, 24, 0.2, 0, tmp_path / "cache") != cache
+    changed = data.prepare(root, 16, 0.2, 0, tmp_path / "cache")
+    assert changed.path != first.path and not changed.reused
+    assert data.prepare(root, 24, 0.2, 0, tmp_path / "cache").path not in (first.path, changed.path)
+    assert data.prepare(root, 16, 0.3, 0, tmp_path / "cache").path not in (first.path, changed.path)
 
 
-def test_unreadable_images_are_skipped_and_odd_modes_converted(tmp_path: Path) -> None:
+def test_the_cache_folder_defaults_to_the_environment_then_the_user_cache(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "shared"))
+    root = make_folder(tmp_path / "d")
+    assert data.prepare(root, 16, 0.2, 0).path.parent == tmp_path / "shared"
+    monkeypatch.delenv(data.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.default_cache_dir() == tmp_path / "xdg" / "imagesearch"
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A few hundred bytes of PNG whose header claims width x height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _jpeg(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+BAD_FILES = {
+    "zero.jpg": lambda: b"",
+    "random.jpg": lambda: np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8).tobytes(),
+    "truncated.jpg": lambda: _jpeg(Image.effect_noise((64, 64), 60).convert("RGB"))[:700],
+    "bomb.png": lambda: _png_claiming(40_000, 40_000),
+    "bomb-below-pil-limit.png": lambda: _png_claiming(10_000, 9_000),
+}
+
+
+def test_every_kind_of_unreadable_file_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", train=3)
+    for name, content in BAD_FILES.items():
+        (root / "train" / "a" / name).write_bytes(content())
+    arrays = data.load(data.prepare(root, 16, 0.2, 0, tmp_path / "cache").path)
+    reasons = {Path(path).name: reason for path, reason in arrays.skipped}
+    assert set(reasons) == set(BAD_FILES)
+    assert "UnidentifiedImageError" in reasons["zero.jpg"] and "UnidentifiedImageError" in reasons["random.jpg"]
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "decompression bomb" in reasons["bomb.png"].lower()
+    assert "decompression bomb" in reasons["bomb-below-pil-limit.png"].lower()
+    used = arrays.train.paths + arrays.val.paths
+    assert len(used) == 6 and not any(Path(p).name in BAD_FILES for p in used)
+    report = data.summary(arrays, root)
+    assert f"skipped {len(BAD_FILES)} unreadable files" in report and "truncated.jpg" in report
+
+
+def test_odd_but_valid_images_are_converted_to_rgb_and_used(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "d", train=3)
     folder = root / "train" / "a"
-    (folder / "zero.jpg").write_bytes(b"")
-    (folder / "random.jpg").write_bytes(os.urandom(500))
     Image.new("L", (30, 10), 128).save(folder / "gray.png")
     Image.new("RGBA", (10, 30), (0, 0, 0, 0)).save(folder / "transparent.png")
     Image.new("P", (12, 12)).save(folder / "palette.gif")
     Image.fromarray(np.full((8, 8), 60000, dtype=np.uint16)).save(folder / "deep.png")
-    arrays = data.load(data.prepare(root, 16, 0.2, 0, tmp_path / "cache"))
-    paths = arrays.train.paths + arrays.val.paths
-    assert not any(p.endswith(("zero.jpg", "random.jpg")) for p in paths)
-    assert sorted(Path(p).name for p, _ in arrays.skipped) == ["random.jpg", "zero.jpg"]
-    assert all("UnidentifiedImageError" in reason for _, reason in arrays.skipped)
-    report = data.summary(arrays, root)
-    assert "skipped 2 unreadable files" in report and "zero.jpg" in report
-    assert sum(p.endswith(("gray.png", "transparent.png", "palette.gif", "deep.png")) for p in paths) == 4
+    (folder / "cmyk.jpg").write_bytes(_jpeg(Image.new("CMYK", (20, 20), (0, 255, 255, 0))))  # red in CMYK
+    Image.new("RGB", (3, 2), "blue").save(folder / "tiny.bmp")
+    Image.new("RGB", (20, 20), "green").save(folder / "x.webp")
+    Image.new("RGB", (20, 20), "green").save(folder / "x.tiff")
+    # A portrait photo stored landscape with "rotate 90" in EXIF: top half white, bottom black once upright.
+    landscape = Image.new("RGB", (40, 20), "black")
+    landscape.paste((255, 255, 255), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 clockwise to display
+    landscape.save(folder / "rotated.jpg", exif=exif, quality=95)
+    arrays = data.load(data.prepare(root, 16, 0.2, 0, tmp_path / "cache").path)
+    assert arrays.skipped == ()
+    split = {Path(p).name: img for s in (arrays.train, arrays.val) for p, img in zip(s.paths, s.images)}
+    names = ("gray.png", "transparent.png", "palette.gif", "deep.png", "cmyk.jpg", "tiny.bmp", "x.webp", "x.tiff",
+             "rotated.jpg")
+    assert all(split[n].shape == (16, 16, 3) for n in names)
+    assert tuple(split["gray.png"][0, 0]) == (128, 128, 128)
+    assert tuple(split["transparent.png"][0, 0]) == (255, 255, 255)  # transparency on white
+    assert split["deep.png"][0, 0, 0] == round(60000 / 257)
+    red, green, blue = (int(v) for v in split["cmyk.jpg"][8, 8])
+    assert red > 200 and green < 60 and blue < 60
+    assert tuple(split["tiny.bmp"][8, 8]) == (0, 0, 255)
+    rotated = split["rotated.jpg"].mean(axis=(1, 2))
+    assert rotated[:6].mean() > 200 and rotated[-6:].mean() < 50
 
 
-def test_a_class_needs_two_images(tmp_path: Path) -> None:
-    root = make_folder(tmp_path / "d", train=1)
-    with pytest.raises(data.DataError, match="need at least 2"):
+@pytest.mark.parametrize("split, count, fragment", [
+    ("train", 1, "has 1 image files"), ("test", 1, "has 1 image files"), ("test", 0, "has 0 image files"),
+])
+def test_a_class_needs_two_images_in_train_and_test(tmp_path: Path, split: str, count: int, fragment: str) -> None:
+    root = make_folder(tmp_path / "d", train=5, test=3)
+    for path in sorted((root / split / "b").iterdir())[count:]:
+        path.unlink()
+    with pytest.raises(data.DataError) as err:
+        data.prepare(root, 16, 0.2, 0, tmp_path / "cache")
+    assert str(root / split / "b") in str(err.value) and f"{fragment}; need at least 2 per class" in str(err.value)
+
+
+def test_a_class_needs_two_readable_images(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", train=2)
+    (root / "train" / "a" / "0.png").write_bytes(b"broken")
+    with pytest.raises(data.DataError, match="has 1 readable images; need at least 2 per class"):
         data.prepare(root, 16, 0.2, 0, tmp_path / "cache")

@@ -15,7 +15,7 @@ from trainables.leakage import difference_hash, find_leakage, near_pairs
 
 @pytest.fixture(scope="module")
 def arrays(coats: Path, tmp_path_factory: pytest.TempPathFactory) -> data.ArrayData:
-    return data.load(data.prepare(coats, 64, 0.2, 0, tmp_path_factory.mktemp("cache")))
+    return data.load(data.prepare(coats, 64, 0.2, 0, tmp_path_factory.mktemp("cache")).path)
 
 
 def recompressed(image: np.ndarray, size: int) -> np.ndarray:

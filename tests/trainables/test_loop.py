@@ -19,7 +19,7 @@ HP = {"arch": "small_cnn", "cnn_width": 16, "cnn_depth": 3, "augment": 0.0, "opt
 @pytest.fixture(scope="module")
 def arrays(coats: Path, tmp_path_factory: pytest.TempPathFactory) -> data.ArrayData:
     cache = data.prepare(coats, 48, 0.25, 0, tmp_path_factory.mktemp("cache"))
-    return data.load(cache)
+    return data.load(cache.path)
 
 
 def test_registries_hold_exactly_the_names_the_space_uses() -> None:
