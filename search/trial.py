@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,25 @@ from search.space import hparams
 STATE_FILE = "state.pt"
 # Reported with the metrics so the driver can free a stopped trial's workers (see cleanup.py).
 PLACEMENT_GROUP_KEY = "placement_group"
+# Fault injection for tests and drills: "<hyperparameter>=<value>:<epoch>" makes every trial
+# whose hyperparameter has that value raise when it reaches that epoch (read by the driver
+# process that builds the search, so it needs no restart of Ray).
+FAULT_ENV = "IMAGESEARCH_INJECT_FAULT"
+
+
+class InjectedFault(RuntimeError):
+    """The failure `IMAGESEARCH_INJECT_FAULT` asked for."""
+
+
+def injected_fault(fault: str, hp: dict[str, Any], epoch: int) -> InjectedFault | None:
+    """The error to raise now, if `fault` targets this trial at this epoch."""
+    if not fault:
+        return None
+    target, _, at_epoch = fault.rpartition(":")
+    name, _, value = target.partition("=")
+    if name in hp and str(hp[name]) == value and epoch == int(at_epoch):
+        return InjectedFault(f"injected fault at epoch {epoch} ({FAULT_ENV}={fault})")
+    return None
 
 
 @dataclass(frozen=True)
@@ -39,6 +58,7 @@ class TrialSettings:
     mode: str
     keep_checkpoints: int = 2
     max_failures: int = 2
+    fault: str = field(default_factory=lambda: os.environ.get(FAULT_ENV, ""))
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -64,6 +84,9 @@ def train_worker(config: dict[str, Any]) -> None:
              "startup_s": time.time() - config["trial_started_at"]}
 
     def report(metrics: dict[str, float], run_state: dict[str, Any]) -> None:
+        fault = injected_fault(config["fault"], config["hparams"], metrics["epoch"])
+        if fault:
+            raise fault
         metrics = {**metrics, **extra}
         if rank != 0:  # report is a barrier: every rank calls it, only rank 0 saves
             ray.train.report(metrics)

@@ -63,3 +63,23 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_session, coats: Path
     assert epochs[0] == 1 and 1 not in epochs[1:]  # resumed, not started over
     assert epochs[-1] == 40
     assert history["startup_s"].nunique() == 2  # a second worker started after the kill
+
+
+def test_a_trial_that_raises_ends_as_error_and_the_search_goes_on(ray_session, coats: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    from search.trial import FAULT_ENV
+    from tests.conftest import TINY
+
+    body = TINY.format(data=coats, trials=3, epochs=2, cpus=1) + 'recipes=({"lr": 0.02},),\n'
+    experiment = write_experiment(tmp_path, body)
+    monkeypatch.setenv(FAULT_ENV, "lr=0.02:2")  # the recipe trial raises when it reaches epoch 2
+    out = tmp_path / "out"
+    assert main([str(experiment), "--out", str(out)]) == 0
+    report = pd.read_csv(out / "report.csv")
+    assert len(report) == 3
+    failed = report[report["recipe"] == 1].iloc[0]
+    assert failed["status"] == "error" and "injected fault at epoch 2" in failed["error"]
+    assert failed["epochs"] == 1 and failed["val_acc"] >= 0  # its first epoch is kept
+    others = report[report["recipe"] != 1]
+    assert (others["status"] != "error").all() and others["epochs"].min() >= 1
+    assert (out / "best" / "meta.json").is_file()
