@@ -73,3 +73,38 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A local S3 (moto's server) on 127.0.0.1: `--out s3://...` tested without the internet.
+
+    Yields a function: bucket/prefix -> an s3:// URI whose options point pyarrow (in every
+    process, Ray's workers included) at this server, with its dummy credentials.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as client:
+            if client.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+
+    def uri(bucket_and_prefix: str) -> str:
+        return (f"s3://test:test@{bucket_and_prefix}?endpoint_override=127.0.0.1:{port}&scheme=http"
+                "&region=us-east-1&allow_bucket_creation=true")
+
+    yield uri
+    server.terminate()
+    server.wait(timeout=10)
+    log.close()

@@ -1,0 +1,107 @@
+"""Where a search's results live: a local folder, or any URI pyarrow's filesystems read.
+
+`--out s3://bucket/runs/carnivores` (or gs://, hdfs://, file://) puts Ray Tune's state and
+every trial's checkpoints there, so trials on any node of a cluster can write them and a
+later `--resume` from another machine finds them. The driver's own files (report, plots,
+`best/`, the Optuna study) are written to a local working folder first, because SQLite
+and atomic renames need a real disk, and copied to the URI when they change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+# Written by Ray straight to the destination, never through the local working folder.
+RAY_DIRS = ("tune", "train")
+
+
+@dataclass(frozen=True)
+class Output:
+    """A search's results folder: `uri` as Ray takes it, `local` where the driver writes."""
+
+    uri: str
+    filesystem: pafs.FileSystem
+    path: str
+    local: Path
+
+    @property
+    def remote(self) -> bool:
+        return not isinstance(self.filesystem, pafs.LocalFileSystem)
+
+    def child(self, *parts: str) -> str:
+        """The URI (or local path) of something inside the output, options kept."""
+        if not self.remote:
+            return str(self.local.joinpath(*parts))
+        base, sep, options = self.uri.partition("?")
+        return "/".join([base.rstrip("/"), *parts]) + sep + options
+
+    def exists(self, *parts: str) -> bool:
+        info = self.filesystem.get_file_info("/".join([self.path, *parts]))
+        return info.type != pafs.FileType.NotFound
+
+    def read_bytes(self, path: str) -> bytes:
+        """A file by its path inside the output's filesystem (as Ray reports checkpoints)."""
+        with self.filesystem.open_input_stream(path) as stream:
+            return stream.read()
+
+    def upload(self) -> None:
+        """Copy the driver's files to the destination (no-op for a local folder)."""
+        if not self.remote:
+            return
+        self.filesystem.create_dir(self.path, recursive=True)
+        for entry in sorted(self.local.iterdir()):
+            if entry.name in RAY_DIRS or entry.name.startswith("."):
+                continue
+            target = f"{self.path}/{entry.name}"
+            if entry.is_dir():
+                pafs.copy_files(str(entry), target, source_filesystem=pafs.LocalFileSystem(),
+                                destination_filesystem=self.filesystem)
+            else:
+                with self.filesystem.open_output_stream(target) as stream:
+                    stream.write(entry.read_bytes())
+
+    def download(self) -> None:
+        """Fetch the driver's files of an earlier run (the Optuna study above all) to resume it."""
+        if not self.remote:
+            return
+        for info in self.filesystem.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
+            if info.base_name in RAY_DIRS:
+                continue
+            target = self.local / info.base_name
+            if info.type == pafs.FileType.Directory:
+                target.mkdir(parents=True, exist_ok=True)  # the local filesystem wants it first
+                pafs.copy_files(info.path, str(target), source_filesystem=self.filesystem,
+                                destination_filesystem=pafs.LocalFileSystem())
+            else:
+                target.write_bytes(self.read_bytes(info.path))
+
+
+def open_output(out: str, work_root: Path) -> Output:
+    """Parse `--out`: a local path, `file://...`, or a URI such as `s3://bucket/prefix`.
+
+    A remote output gets a local working folder under `work_root`, named after the URI, so
+    a resumed run on the same machine finds its files without downloading them.
+    """
+    if "://" not in out:
+        local = Path(out).expanduser().resolve()
+        return Output(uri=str(local), filesystem=pafs.LocalFileSystem(), path=str(local), local=local)
+    filesystem, path = pafs.FileSystem.from_uri(out)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return open_output(path, work_root)
+    local = Path(work_root) / "runs" / hashlib.sha256(out.encode()).hexdigest()[:16]
+    local.mkdir(parents=True, exist_ok=True)
+    return Output(uri=out, filesystem=filesystem, path=path.rstrip("/"), local=local)
+
+
+def load_state(output: Output, checkpoint_path: str, file_name: str) -> dict[str, Any]:
+    """A trial's saved training state, wherever its checkpoint lives (weights only, safely)."""
+    import torch
+
+    data = output.read_bytes(f"{checkpoint_path.rstrip('/')}/{file_name}")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

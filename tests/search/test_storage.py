@@ -1,0 +1,50 @@
+"""`--out` as a local folder or a URI (here a local S3 server): paths, upload, download, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import torch
+
+from search.storage import Output, load_state, open_output
+
+
+def test_a_local_path_and_a_file_uri_are_the_same_local_output(tmp_path: Path) -> None:
+    plain = open_output(str(tmp_path / "out"), tmp_path / "work")
+    uri = open_output(f"file://{tmp_path}/out", tmp_path / "work")
+    assert plain == uri and not plain.remote and plain.local == tmp_path / "out"
+    assert plain.child("tune") == str(tmp_path / "out" / "tune")
+
+
+def test_a_remote_output_round_trips_the_drivers_files(s3_server, tmp_path: Path) -> None:
+    out = open_output(s3_server("bucket-a/runs/exp"), tmp_path / "work")
+    assert out.remote and out.path == "bucket-a/runs/exp" and out.local.parent == tmp_path / "work" / "runs"
+    assert out.child("tune").startswith("s3://test:test@bucket-a/runs/exp/tune?endpoint_override=")
+    assert not out.exists("tune")
+    (out.local / "report.csv").write_text("a,b\n1,2\n")
+    (out.local / "best").mkdir()
+    (out.local / "best" / "meta.json").write_text("{}")
+    (out.local / "tune").mkdir()  # Ray's folders are Ray's: never uploaded from here
+    (out.local / "tune" / "x").write_text("x")
+    out.filesystem.create_dir("bucket-a")
+    out.upload()
+    assert out.exists("report.csv") and out.exists("best", "meta.json") and not out.exists("tune")
+
+    elsewhere = Output(uri=out.uri, filesystem=out.filesystem, path=out.path, local=tmp_path / "other")
+    elsewhere.local.mkdir()
+    elsewhere.download()
+    assert (elsewhere.local / "report.csv").read_text() == "a,b\n1,2\n"
+    assert (elsewhere.local / "best" / "meta.json").read_text() == "{}"
+
+
+def test_load_state_reads_a_checkpoint_wherever_it_lives(s3_server, tmp_path: Path) -> None:
+    out = open_output(s3_server("bucket-b/run"), tmp_path / "work")
+    out.filesystem.create_dir("bucket-b/run/train/epoch-0001")
+    state = {"epoch": 1, "model": {"w": torch.arange(3.0)}}
+    local = tmp_path / "state.pt"
+    torch.save(state, local)
+    pafs.copy_files(str(local), "bucket-b/run/train/epoch-0001/state.pt",
+                    source_filesystem=pafs.LocalFileSystem(), destination_filesystem=out.filesystem)
+    loaded = load_state(out, "bucket-b/run/train/epoch-0001/", "state.pt")
+    assert loaded["epoch"] == 1 and torch.equal(loaded["model"]["w"], torch.arange(3.0))
