@@ -39,27 +39,42 @@ class Plan:
 
 
 def plan(experiment: Experiment, autoscaling: bool = False) -> Plan:
+    """What the search will run on the Ray it is connected to (see `resolve`)."""
+    ceiling = None
+    if autoscaling:
+        from ray._private.state import state as ray_state
+
+        # The most the autoscaler may bring up (its node types x max workers); None on a
+        # cluster without an autoscaler. A cluster.yaml that scales GPU workers from 0 has
+        # no GPU yet when the search starts, and must still get GPU trials.
+        ceiling = ray_state.get_max_resources_from_cluster_config() or {}
+    return resolve(experiment, ray.cluster_resources(), ceiling)
+
+
+def resolve(experiment: Experiment, now: dict[str, float], ceiling: dict[str, float] | None = None) -> Plan:
     """Resolve `gpus_per_worker="auto"` and the concurrency from the cluster's resources.
 
-    On a cluster that can grow (`autoscaling`, i.e. one the user pointed us at), an explicit
-    `concurrency` is taken as asked, since nodes may be added for it; otherwise trials
-    never outnumber what fits now: more would not fail, only wait.
+    `now` is what the cluster has. `ceiling` is given for a cluster the user pointed us at:
+    the most its autoscaler can grow to (empty when unknown); trials are sized and counted
+    for that, and an explicit `concurrency` is taken as asked, since nodes may be added for
+    it. Otherwise trials never outnumber what fits now: more would not fail, only wait.
     """
-    total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    room = {key: max(now.get(key, 0.0), (ceiling or {}).get(key, 0.0)) for key in ("CPU", "GPU")}
+    cpus, gpus = room["CPU"], room["GPU"]
     res = experiment.resources
     gpus_per_worker = (1.0 if gpus >= 1 else 0.0) if res.gpus_per_worker == "auto" else float(res.gpus_per_worker)
     trial_cpus = res.workers * res.cpus_per_worker
     slots = math.floor(cpus / trial_cpus + 1e-9)
     if gpus_per_worker:
         slots = min(slots, math.floor(gpus / (res.workers * gpus_per_worker) + 1e-9))
-    if autoscaling and experiment.concurrency:
+    if ceiling is not None and experiment.concurrency:
         slots = max(slots, experiment.concurrency)
     if slots < 1:
         needs = f"{trial_cpus:g} CPUs" + (f" and {res.workers * gpus_per_worker:g} GPUs" if gpus_per_worker else "")
         raise SpecError("Resources", f"{res.workers} x {res.cpus_per_worker:g} CPU",
-                        f"a trial needs {needs}, the cluster has {cpus:g} CPUs and {gpus:g} GPUs now; "
-                        "ask for less, or on an autoscaling cluster give --concurrency")
+                        f"a trial needs {needs}, the cluster has {cpus:g} CPUs and {gpus:g} GPUs"
+                        f"{' at most' if ceiling else ' now'}; ask for less, or on an autoscaling cluster "
+                        "give --concurrency")
     concurrency = min(slots, experiment.budget.trials, experiment.concurrency or slots)
     return Plan(concurrency=concurrency, gpus_per_worker=gpus_per_worker, cluster_cpus=cpus, cluster_gpus=gpus)
 

@@ -35,3 +35,17 @@ def test_a_trial_larger_than_the_cluster_is_refused(ray_session) -> None:
 
 def test_an_autoscaling_cluster_takes_the_concurrency_asked_for(ray_session) -> None:
     assert plan(experiment(concurrency=4), autoscaling=True).concurrency == 4
+
+
+def test_a_cluster_that_scales_gpu_workers_from_zero_gets_gpu_trials() -> None:
+    from search.tuning import resolve
+
+    head_only = {"CPU": 0.0, "memory": 8e9}  # cluster.yaml's head: no CPU for trials, no GPU yet
+    ceiling = {"CPU": 16.0, "GPU": 4.0}  # g5.xlarge x 4 at most
+    carnivores = experiment(resources=Resources(workers=1, cpus_per_worker=2))
+    grown = resolve(carnivores, head_only, ceiling)
+    assert grown.gpus_per_worker == 1.0 and grown.concurrency == 4
+    with pytest.raises(SpecError, match="the cluster has 0 CPUs and 0 GPUs now"):
+        resolve(carnivores, head_only, None)
+    fixed = resolve(experiment(concurrency=3), {"CPU": 2.0}, {})  # pointed at, ceiling unknown
+    assert fixed.concurrency == 3 and fixed.gpus_per_worker == 0.0
