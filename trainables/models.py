@@ -60,7 +60,7 @@ class InceptionClassifier(nn.Module):
     block, which no head can learn from."""
 
     def __init__(self, num_classes: int, unfrozen_blocks: int, dropout: float, weights: str,
-                 head_units: int = 128) -> None:
+                 head_units: int = 128, load_weights: bool = True) -> None:
         super().__init__()
         from torchvision.models import inception_v3
 
@@ -68,7 +68,7 @@ class InceptionClassifier(nn.Module):
                                 # Google's weights expect inputs in [-1, 1]; this converts from
                                 # ImageNet mean/std normalisation, as torchvision does for them.
                                 transform_input=weights == "imagenet")
-        if weights == "imagenet":
+        if weights == "imagenet" and load_weights:
             state = load_inception_weights()
             backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("AuxLogits.")},
                                      strict=True)
@@ -116,21 +116,25 @@ def load_inception_weights() -> dict[str, torch.Tensor]:
 ModelFactory = Callable[..., nn.Module]
 
 REGISTRY: dict[str, ModelFactory] = {
-    "small_cnn": lambda num_classes, hp: SmallCNN(
+    "small_cnn": lambda num_classes, hp, load_weights: SmallCNN(
         num_classes, width=hp["cnn_width"], depth=hp["cnn_depth"], dropout=hp["dropout"]),
-    "inception_frozen": lambda num_classes, hp: InceptionClassifier(
+    "inception_frozen": lambda num_classes, hp, load_weights: InceptionClassifier(
         num_classes, unfrozen_blocks=0, dropout=hp["dropout"], weights=hp["weights"],
-        head_units=hp["head_units"]),
-    "inception_partial": lambda num_classes, hp: InceptionClassifier(
+        head_units=hp["head_units"], load_weights=load_weights),
+    "inception_partial": lambda num_classes, hp, load_weights: InceptionClassifier(
         num_classes, unfrozen_blocks=hp["unfrozen_blocks"], dropout=hp["dropout"], weights=hp["weights"],
-        head_units=hp["head_units"]),
+        head_units=hp["head_units"], load_weights=load_weights),
 }
 
 
-def create_model(num_classes: int, hp: dict) -> nn.Module:
-    """Build the architecture `hp["arch"]` for `num_classes` outputs (logits)."""
+def create_model(num_classes: int, hp: dict, *, load_weights: bool = True) -> nn.Module:
+    """Build the architecture `hp["arch"]` for `num_classes` outputs (logits).
+
+    `load_weights=False` builds the layout `hp["weights"]` implies (e.g. ImageNet's input
+    scaling) without loading them: for a model whose trained state dict follows.
+    """
     try:
         factory = REGISTRY[hp["arch"]]
     except KeyError:
         raise ValueError(f"arch {hp['arch']!r} is not registered; allowed: {', '.join(REGISTRY)}") from None
-    return factory(num_classes, hp)
+    return factory(num_classes, hp, load_weights)

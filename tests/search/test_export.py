@@ -1,0 +1,243 @@
+"""`best/`: model.pt, model.onnx and meta.json, checked on load, usable without this project."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+
+from search.export import ExportError, export_best, load_best, top_k
+from trainables import models
+
+CLASSES = ("cheetah", "hyena", "jaguar")
+HP = {"arch": "small_cnn", "cnn_width": 8, "cnn_depth": 2, "augment": 0.0, "optimizer": "adam", "lr": 1e-3,
+      "momentum": None, "batch_size": 16, "dropout": 0.0, "weights": "none", "unfrozen_blocks": None,
+      "head_units": 128}
+SIZE_PX = 32
+
+
+def make_export(out: Path, hp: dict = HP, image_size_px: int = SIZE_PX, model: nn.Module | None = None,
+                trial_id: str = "trial_1") -> nn.Module:
+    """Export a random-weight model (or `model`) as a search would; returns the model in eval mode."""
+    torch.manual_seed(0)
+    model = model if model is not None else models.create_model(len(CLASSES), hp)
+    export_best(out, {"model": model.state_dict(), "epoch": 1}, CLASSES, hp, {"val_acc": 0.5}, trial_id,
+                image_size_px)
+    return model.eval()
+
+
+def write_images(folder: Path) -> list[Path]:
+    """Three small readable images (PNG, JPEG, one in a subfolder) and one file of random bytes."""
+    rng = np.random.default_rng(0)
+    (folder / "sub").mkdir(parents=True)
+    paths = [folder / "a.png", folder / "b.jpg", folder / "sub" / "c.png"]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(path)
+    (folder / "broken.jpg").write_bytes(rng.bytes(200))
+    return paths
+
+
+def onnx_client(best: Path, paths: list[Path]) -> tuple[list[str], np.ndarray]:
+    """A client that knows only meta.json and model.onnx (the README shows this code)."""
+    meta = json.loads((best / "meta.json").read_text())
+    pre, spec = meta["preprocess"], meta["onnx"]
+    session = ort.InferenceSession(str(best / spec["file"]), providers=["CPUExecutionProvider"])
+    mean, std = np.float32(pre["mean"]), np.float32(pre["std"])
+
+    def load(path: Path) -> np.ndarray:
+        image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+        pixels = np.asarray(image.resize(tuple(pre["resize"]), Image.Resampling.BILINEAR), dtype=np.float32)
+        return ((pixels / 255 - mean) / std).transpose(2, 0, 1)  # HWC -> CHW
+
+    logits = session.run([spec["output"]], {spec["input"]: np.stack([load(p) for p in paths])})[0]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return [meta["classes"][i] for i in probs.argmax(axis=1)], probs
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_onnx_matches(best: Path, model: nn.Module, size_px: int) -> None:
+    """model.onnx gives the PyTorch model's logits for batches of 1 and of 3, within 1e-4 of
+    their scale: over Inception's depth, fp32 PyTorch itself is 3e-4 off a float64 run on
+    logits of about 17 (ONNX Runtime as much), so a bare 1e-4 would test rounding."""
+    meta = json.loads((best / "meta.json").read_text())
+    session = ort.InferenceSession(str(best / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [meta["onnx"]["input"]]
+    assert [o.name for o in session.get_outputs()] == [meta["onnx"]["output"]] == ["logits"]
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, size_px, size_px, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {meta["onnx"]["input"]: x.numpy()})[0]
+        assert got.shape == (batch, len(CLASSES))
+        np.testing.assert_allclose(got, expected, atol=1e-4 * max(1.0, np.abs(expected).max()), rtol=0)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
+    out = tmp_path_factory.mktemp("search")
+    return out, make_export(out)
+
+
+@pytest.fixture
+def copy(exported: tuple[Path, nn.Module], tmp_path: Path) -> Path:
+    """A private copy of the export, to modify."""
+    shutil.copytree(exported[0] / "best", tmp_path / "out" / "best")
+    return tmp_path / "out"
+
+
+def test_model_pt_is_a_state_dict_and_meta_lists_classes_preprocess_and_digests(exported) -> None:
+    out, model = exported
+    weights = torch.load(out / "best" / "model.pt", weights_only=True)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    meta = json.loads((out / "best" / "meta.json").read_text())
+    assert meta["classes"] == list(CLASSES) and meta["output"] == "logits"
+    assert meta["preprocess"]["resize"] == [SIZE_PX, SIZE_PX] and len(meta["preprocess"]["mean"]) == 3
+    assert meta["files"] == {name: sha256(out / "best" / name) for name in ("model.pt", "model.onnx")}
+    assert set(meta["versions"]) >= {"torch", "torchvision", "onnx", "python"}
+    assert meta["onnx"]["input"] == "image" and meta["onnx"]["dynamic_axes"]["image"] == {"0": "batch"}
+    assert sorted(p.name for p in (out / "best").iterdir()) == ["meta.json", "model.onnx", "model.pt"]
+
+
+def test_onnx_gives_the_pytorch_logits_for_any_batch_size(exported) -> None:
+    out, model = exported
+    opset = {o.domain: o.version for o in onnx.load(out / "best" / "model.onnx").opset_import}[""]
+    assert opset >= 17 and opset == json.loads((out / "best" / "meta.json").read_text())["onnx"]["opset"]
+    assert_onnx_matches(out / "best", model, SIZE_PX)
+
+
+def test_a_client_with_only_meta_json_and_onnx_gets_the_same_predictions(exported, tmp_path: Path) -> None:
+    out, _ = exported
+    paths = write_images(tmp_path / "photos")
+    labels, probs = onnx_client(out / "best", paths)
+    frame = load_best(out, "cpu").predict(paths)
+    assert labels == frame["prediction"].tolist()
+    np.testing.assert_allclose(probs, frame[list(CLASSES)].to_numpy(), atol=1e-4)
+
+
+def calibrated(model: nn.Module, size_px: int) -> nn.Module:
+    """Batch-norm statistics from real activations, as training leaves them: a random Inception
+    with untouched unit statistics puts out logits of ~1e10, where 1e-4 says nothing."""
+    model.eval()
+    for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        norm.reset_running_stats()
+        norm.momentum = None  # a plain average over the calibration batch
+        norm.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, size_px, size_px))
+    return model.eval()
+
+
+def test_inception_from_imagenet_weights_exports_and_reloads_exactly(tmp_path: Path, monkeypatch) -> None:
+    from torchvision.models import inception_v3
+
+    # Stands in for the ImageNet download: same layout, random values.
+    monkeypatch.setattr(models, "load_inception_weights",
+                        lambda: inception_v3(weights=None, aux_logits=False, init_weights=False).state_dict())
+    hp = {**HP, "arch": "inception_partial", "unfrozen_blocks": 2, "weights": "imagenet"}
+    torch.manual_seed(0)
+    size = 75  # the smallest input Inception v3 takes: keeps the test to seconds
+    model = calibrated(models.create_model(len(CLASSES), hp), size)
+    make_export(tmp_path, hp, size, model)
+    assert_onnx_matches(tmp_path / "best", model, size)
+    # Rebuilt from model.pt, it still rescales its input as ImageNet-trained Inception does.
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(load_best(tmp_path, "cpu").model(x), model(x))
+
+
+def test_a_tampered_model_file_is_refused(copy: Path) -> None:
+    path = copy / "best" / "model.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match=r"model\.pt: sha256 differs.*tampered or partial export; re-run"):
+        load_best(copy)
+
+
+def test_a_partial_export_is_refused(copy: Path) -> None:
+    (copy / "best" / "model.onnx").unlink()
+    with pytest.raises(ExportError, match=r"model\.onnx: missing; tampered or partial export"):
+        load_best(copy)
+    (copy / "best" / "meta.json").unlink()
+    with pytest.raises(ExportError, match=r"meta\.json: missing or unreadable"):
+        load_best(copy)
+
+
+def test_an_export_without_digests_is_refused(copy: Path) -> None:
+    meta_path = copy / "best" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["files"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match="lists no sha256.*older version.*re-export"):
+        load_best(copy)
+
+
+def test_no_export_says_to_run_a_search(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no exported model here; run a search"):
+        load_best(tmp_path)
+
+
+def test_export_replaces_the_earlier_one_atomically(tmp_path: Path, capfd) -> None:
+    make_export(tmp_path, trial_id="first")
+    make_export(tmp_path, trial_id="second")
+    assert capfd.readouterr() == ("", "")  # the exporter's chatter stays off the console
+    assert [p.name for p in tmp_path.iterdir()] == ["best"]  # no staging or old folder left
+    assert load_best(tmp_path).meta["trial_id"] == "second"
+    # A failing export leaves the earlier best/ as it was, and no staging folder.
+    wrong = {"model": {"not": torch.zeros(1)}, "epoch": 2}
+    with pytest.raises(RuntimeError, match="state_dict"):
+        export_best(tmp_path, wrong, CLASSES, HP, {}, "third", SIZE_PX)
+    assert [p.name for p in tmp_path.iterdir()] == ["best"]
+    assert load_best(tmp_path).meta["trial_id"] == "second"
+
+
+class DataDependent(nn.Module):
+    """Branches on a value of its input, which torch.export cannot trace."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean((2, 3))
+        return self.linear(pooled) if pooled.mean() > 0 else -self.linear(pooled)
+
+
+def test_a_model_onnx_cannot_express_still_exports_its_weights(tmp_path: Path, monkeypatch, capfd) -> None:
+    monkeypatch.setitem(models.REGISTRY, "data_dependent", lambda num_classes, hp, load_weights: DataDependent(num_classes))
+    make_export(tmp_path, {**HP, "arch": "data_dependent"})
+    out, err = capfd.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith("warning: ")
+    assert "model.onnx not written" in err and "model.pt is complete" in err
+    meta = json.loads((tmp_path / "best" / "meta.json").read_text())
+    assert "torch.export" in meta["onnx"]["error"] and "\n" not in meta["onnx"]["error"]
+    assert "Traceback" in (tmp_path / "best" / meta["onnx"]["log"]).read_text()
+    assert list(meta["files"]) == ["model.pt"] and not (tmp_path / "best" / "model.onnx").exists()
+    assert load_best(tmp_path).classes == list(CLASSES)
+
+
+def test_top_k_keeps_the_likeliest_classes_and_the_errors() -> None:
+    frame = pd.DataFrame({"file": ["a", "b"], "prediction": ["hyena", None], "cheetah": [0.1, None],
+                          "hyena": [0.7, None], "jaguar": [0.2, None], "error": [None, "OSError: bad"]})
+    table = top_k(frame, CLASSES, 2)
+    assert list(table.columns) == ["file", "prediction", "top1", "top1_prob", "top2", "top2_prob", "error"]
+    assert table.iloc[0][["top1", "top2"]].tolist() == ["hyena", "jaguar"]
+    assert table.iloc[0]["top1_prob"] == pytest.approx(0.7)
+    assert pd.isna(table.iloc[1]["top1"]) and pd.isna(table.iloc[1]["top1_prob"])
+    assert table.iloc[1]["error"] == "OSError: bad"
+    with pytest.raises(ValueError, match="1 to 3"):
+        top_k(frame, CLASSES, 4)
