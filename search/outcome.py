@@ -1,4 +1,8 @@
-"""After the search: the report table, the best trial's export, its test-set accuracy."""
+"""After the search: the report, the best trial's export, its one evaluation on test/.
+
+Everything the report is built from is stored in OUT (see `search.report`), so
+`python -m search.report OUT` rebuilds the same report later without Ray or training.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
+import torch.nn.functional as F
 from ray import tune
 
 from search import export, report
+from search.report_page import build
 from search.space import hparams, recipe_points
 from search.spec import Experiment
+from search.tuning import STUDY_FILE
 from trainables.data import ArrayData
-from trainables.loop import default_device, evaluate
+from trainables.loop import default_device, predict_logits
 
 
 def _trial_id_and_number(result: tune.Result) -> tuple[str, int]:
@@ -22,45 +30,80 @@ def _trial_id_and_number(result: tune.Result) -> tuple[str, int]:
     return parts[2], int(parts[3])
 
 
-def _trial_id(result: tune.Result) -> str:
-    return _trial_id_and_number(result)[0]
-
-
-def rows(grid: tune.ResultGrid, experiment: Experiment) -> pd.DataFrame:
-    """The report table of a finished search, best trial first."""
-    found = []
-    points = recipe_points(experiment)
+def records(grid: tune.ResultGrid) -> tuple[list[report.TrialRecord], pd.DataFrame]:
+    """Every trial of a finished search as stored for the report, and all their epochs."""
+    trials, histories = [], {}
     for result in grid:
         trial_id, number = _trial_id_and_number(result)
-        found.append(report.trial_row(trial_id, number, result.config or {}, result.metrics_dataframe, result.error,
-                                      experiment.objective, experiment.mode, experiment.budget.max_epochs, points))
-    return report.table(found, experiment.objective, experiment.mode)
+        trials.append(report.TrialRecord(trial_id, number, dict(result.config or {}),
+                                         None if result.error is None else str(result.error)))
+        histories[trial_id] = result.metrics_dataframe
+    return trials, report.history_frame(histories)
+
+
+def facts(experiment: Experiment, classes: tuple[str, ...]) -> report.SearchFacts:
+    """What the report needs of the experiment."""
+    budget = experiment.budget
+    return report.SearchFacts(
+        name=experiment.name, objective=experiment.objective, mode=experiment.mode, max_epochs=budget.max_epochs,
+        trials=budget.trials, grace_period_epochs=budget.grace_period_epochs,
+        reduction_factor=budget.reduction_factor, recipe_points=recipe_points(experiment), classes=list(classes),
+        image_size_px=experiment.image_size_px, study_file=STUDY_FILE)
+
+
+def _evaluate_on_test(model: torch.nn.Module, arrays: ArrayData) -> tuple[pd.DataFrame, float]:
+    """Every test image's prediction and probabilities, and the test loss (test/ holds at
+    least two images per class: `trainables.data.prepare` checks)."""
+    device = default_device()
+    logits = predict_logits(model.to(device), arrays.test.images, device)
+    loss = F.cross_entropy(logits, torch.as_tensor(arrays.test.labels)).item()
+    probabilities = torch.softmax(logits, dim=1).numpy()
+    return report.predictions_frame(arrays.test.paths, arrays.test.labels, probabilities, arrays.classes), loss
 
 
 def finish(grid: tune.ResultGrid, experiment: Experiment, arrays: ArrayData, out: Path) -> dict[str, Any]:
     """Write the report, export the best model, evaluate it once on test/; returns a summary."""
-    frame = rows(grid, experiment)
-    report.save(frame, out)
+    trials, history = records(grid)
+    run = report.StoredRun(facts(experiment, arrays.classes), trials, history)
+    frame = report.trial_table(trials, history, run.facts)
+    report.save(frame, out)  # the table first: it survives whatever fails below
     print("\n" + report.render(frame), flush=True)
     summary: dict[str, Any] = {"trials": len(frame), "status": frame["status"].value_counts().to_dict()}
     usable = frame[(frame["status"] != "error") & frame["checkpoint_path"].notna()]
     if usable.empty:
         print("No trial produced a model: see the error column of report.csv.", flush=True)
-        return summary
-    best = usable.iloc[0]
-    config = next(r.config for r in grid if _trial_id(r) == best["trial_id"])
+    else:
+        run, best_text = _export_best(usable.iloc[0], run, experiment, arrays, out)
+        summary.update(best_trial=run.best["trial_id"], best=run.best["metrics"])
+        print(best_text, flush=True)
+    report.store(out, run)
+    page = build(out, run)
+    summary["report"] = str(page)
+    print(f"Report: {page} (rebuild it with python -m search.report {out})", flush=True)
+    return summary
+
+
+def _export_best(best: pd.Series, run: report.StoredRun, experiment: Experiment, arrays: ArrayData,
+                 out: Path) -> tuple[report.StoredRun, str]:
+    """Export the best trial's model, evaluate it on test/; the run with its results, and what to print."""
+    config = next(t.config for t in run.trials if t.trial_id == best["trial_id"])
     hp = {**hparams(config), "weights": experiment.weights}
     metrics = {k: float(best[k]) for k in ("val_acc", "val_loss", "train_acc", "train_loss")}
     metrics["epochs_run"] = int(best["epochs"])
     state = export.read_checkpoint(Path(best["checkpoint_path"]))
     model = export.build_model(arrays.classes, hp, state["model"])
     # test/ is used once, here, for the chosen model only: it never steers the search.
-    test_loss, test_acc = evaluate(model.to(default_device()), arrays.test, default_device())
+    predictions, test_loss = _evaluate_on_test(model, arrays)
+    test_acc = float((predictions["true"] == predictions["predicted"]).mean())
     metrics.update(test_acc=test_acc, test_loss=test_loss)
     folder = export.export_best(out, state, arrays.classes, hp, metrics, best["trial_id"], experiment.image_size_px)
-    summary.update(best_trial=best["trial_id"], best=metrics)
-    print(f"\nBest trial {best['trial_id']} ({hp['arch']}): val_acc {metrics['val_acc']:.3f}, "
-          f"test_acc {test_acc:.3f} on {len(arrays.test.labels)} test images.\n"
-          f"Exported to {folder}. Use it: from search import load_best; "
-          f"load_best({str(out)!r}).predict(paths)", flush=True)
-    return summary
+    shown = report.grid_indices(predictions)
+    run = report.StoredRun(
+        run.facts, run.trials, run.history, predictions=predictions, grid=(shown, arrays.test.images[shown]),
+        best={"trial_id": best["trial_id"], "trial_number": int(best["trial_number"]), "epoch": int(state["epoch"]),
+              "hparams": hp, "metrics": metrics, "test_images": len(predictions)})
+    text = (f"\nBest trial {best['trial_id']} ({hp['arch']}): val_acc {metrics['val_acc']:.3f}, "
+            f"test_acc {test_acc:.3f} on {len(predictions)} test images.\n"
+            f"Exported to {folder}. Use it: from search import load_best; "
+            f"load_best({str(out)!r}).predict(paths)")
+    return run, text

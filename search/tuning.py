@@ -23,6 +23,8 @@ from trainables.data import ArrayData
 
 TUNE_DIR = "tune"
 TRAIN_DIR = "train"
+# The Optuna study, in SQLite: `optuna-dashboard sqlite:///OUT/optuna.db` opens it.
+STUDY_FILE = "optuna.db"
 # The trial driver only waits on its Train job: it asks for memory, not a CPU, so a trial
 # with one 1-CPU worker really fits on one CPU (Ray refuses an all-zero request).
 DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
@@ -79,7 +81,24 @@ def resolve(experiment: Experiment, now: dict[str, float], ceiling: dict[str, fl
     return Plan(concurrency=concurrency, gpus_per_worker=gpus_per_worker, cluster_cpus=cpus, cluster_gpus=gpus)
 
 
-def _searcher(experiment: Experiment) -> OptunaSearch:
+def new_study_storage(out: Path, study_name: str) -> "optuna.storages.RDBStorage":
+    """The SQLite storage for a new search's study in `out`, without an earlier study of that name.
+
+    Only the driver's searcher writes to it, so a local file is enough. On `Tuner.restore`
+    Ray unpickles the searcher with this storage (its URL; the engine is rebuilt) and does
+    not create the study again: a resumed search keeps adding to the same study.
+    """
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / STUDY_FILE}")
+    if study_name in optuna.study.get_all_study_names(storage):
+        # A new search and no Tune state to resume (run.py checked): this study is from a start
+        # that never got going, and its trials would mix with this search's.
+        optuna.delete_study(study_name=study_name, storage=storage)
+    return storage
+
+
+def _searcher(experiment: Experiment, out: Path) -> OptunaSearch:
     import warnings
 
     import optuna
@@ -93,7 +112,8 @@ def _searcher(experiment: Experiment) -> OptunaSearch:
                                              n_startup_trials=max(2, min(10, experiment.budget.trials // 3)))
     return OptunaSearch(space=space_function(experiment.space), metric=experiment.objective,
                         mode=experiment.mode, points_to_evaluate=recipe_points(experiment) or None,
-                        sampler=sampler)
+                        sampler=sampler, study_name=experiment.name,
+                        storage=new_study_storage(out, experiment.name))
 
 
 def _trainable(experiment: Experiment, out: Path, arrays: ArrayData, the_plan: Plan) -> tune.Trainable:
@@ -125,7 +145,7 @@ def search(experiment: Experiment, out: Path, arrays: ArrayData, the_plan: Plan,
         grace_period=budget.grace_period_epochs, reduction_factor=budget.reduction_factor)
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=_searcher(experiment), scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=_searcher(experiment, out), scheduler=scheduler,
                                     num_samples=budget.trials, max_concurrent_trials=the_plan.concurrency),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(out), callbacks=[PlacementGroupReaper()],
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=1),

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, cli_env, tiny_experiment, write_experiment
+from tests.search.test_report import assert_report_rebuilds
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -37,6 +38,7 @@ def test_cli_runs_a_search_end_to_end(coats: Path, tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "out" / "best" / "meta.json").read_text())
     assert meta["classes"] == ["blotches", "rosettes", "spots", "stripes"]
     assert "Best trial" in proc.stdout and meta["trial_id"] in proc.stdout
+    assert_report_rebuilds(tmp_path / "out", trials=3)
     # an existing search is never overwritten silently
     again = run_cli(str(experiment), "--data", str(coats), "--out", "out", cwd=tmp_path)
     assert_user_error(again, "--out", "--resume")
