@@ -43,11 +43,6 @@ class ExportError(ValueError):
     """`best/` is not a complete, unmodified export; the message names the file."""
 
 
-def read_checkpoint(checkpoint_dir: Path) -> dict[str, Any]:
-    """The training state a trial saved (model and optimizer state dicts, epoch)."""
-    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
-
-
 def build_model(classes: list[str] | tuple[str, ...], hp: dict[str, Any], weights: dict[str, Any]) -> nn.Module:
     """The architecture `hp` describes, with these trained weights, in eval mode on the CPU."""
     # The state dict carries every weight, so never fetch pretrained ones just to overwrite

@@ -18,6 +18,7 @@ from search import export, report
 from search.report_page import build
 from search.space import hparams, recipe_points
 from search.spec import Experiment
+from search.storage import Output, load_state
 from search.tuning import STUDY_FILE
 from trainables.data import ArrayData
 from trainables.loop import default_device, predict_logits
@@ -61,8 +62,12 @@ def _evaluate_on_test(model: torch.nn.Module, arrays: ArrayData) -> tuple[pd.Dat
     return report.predictions_frame(arrays.test.paths, arrays.test.labels, probabilities, arrays.classes), loss
 
 
-def finish(grid: tune.ResultGrid, experiment: Experiment, arrays: ArrayData, out: Path) -> dict[str, Any]:
-    """Write the report, export the best model, evaluate it once on test/; returns a summary."""
+def finish(grid: tune.ResultGrid, experiment: Experiment, arrays: ArrayData, output: Output) -> dict[str, Any]:
+    """Write the report, export the best model, evaluate it once on test/; returns a summary.
+
+    Files go to the local working folder of `output` (the caller uploads them).
+    """
+    out = output.local
     trials, history = records(grid)
     run = report.StoredRun(facts(experiment, arrays.classes), trials, history)
     frame = report.trial_table(trials, history, run.facts)
@@ -73,30 +78,30 @@ def finish(grid: tune.ResultGrid, experiment: Experiment, arrays: ArrayData, out
     if usable.empty:
         print("No trial produced a model: see the error column of report.csv.", flush=True)
     else:
-        run, best_text = _export_best(usable.iloc[0], run, experiment, arrays, out)
+        run, best_text = _export_best(usable.iloc[0], run, experiment, arrays, output)
         summary.update(best_trial=run.best["trial_id"], best=run.best["metrics"])
         print(best_text, flush=True)
     report.store(out, run)
     page = build(out, run)
     summary["report"] = str(page)
-    print(f"Report: {page} (rebuild it with python -m search.report {out})", flush=True)
+    print(f"Report: {output.display('report.html')} (rebuild it with python -m search.report {out})", flush=True)
     return summary
 
 
 def _export_best(best: pd.Series, run: report.StoredRun, experiment: Experiment, arrays: ArrayData,
-                 out: Path) -> tuple[report.StoredRun, str]:
+                 output: Output) -> tuple[report.StoredRun, str]:
     """Export the best trial's model, evaluate it on test/; the run with its results, and what to print."""
     config = next(t.config for t in run.trials if t.trial_id == best["trial_id"])
     hp = {**hparams(config), "weights": experiment.weights}
     metrics = {k: float(best[k]) for k in ("val_acc", "val_loss", "train_acc", "train_loss")}
     metrics["epochs_run"] = int(best["epochs"])
-    state = export.read_checkpoint(Path(best["checkpoint_path"]))
+    state = load_state(output, best["checkpoint_path"], export.STATE_FILE)
     model = export.build_model(arrays.classes, hp, state["model"])
     # test/ is used once, here, for the chosen model only: it never steers the search.
     predictions, test_loss = _evaluate_on_test(model, arrays)
     test_acc = float((predictions["true"] == predictions["predicted"]).mean())
     metrics.update(test_acc=test_acc, test_loss=test_loss)
-    folder = export.export_best(out, state, arrays.classes, hp, metrics, best["trial_id"], experiment.image_size_px)
+    export.export_best(output.local, state, arrays.classes, hp, metrics, best["trial_id"], experiment.image_size_px)
     shown = report.grid_indices(predictions)
     run = report.StoredRun(
         run.facts, run.trials, run.history, predictions=predictions, grid=(shown, arrays.test.images[shown]),
@@ -104,6 +109,6 @@ def _export_best(best: pd.Series, run: report.StoredRun, experiment: Experiment,
               "hparams": hp, "metrics": metrics, "test_images": len(predictions)})
     text = (f"\nBest trial {best['trial_id']} ({hp['arch']}): val_acc {metrics['val_acc']:.3f}, "
             f"test_acc {test_acc:.3f} on {len(predictions)} test images.\n"
-            f"Exported to {folder}. Use it: from search import load_best; "
-            f"load_best({str(out)!r}).predict(paths)")
+            f"Exported to {output.display('best')}. Use it: from search import load_best; "
+            f"load_best({str(output.local)!r}).predict(paths)")
     return run, text

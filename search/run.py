@@ -15,6 +15,7 @@ from pathlib import Path
 
 from search.spec import Experiment, SpecError, load_experiment, replace
 from search.data_report import data_report, leakage_warning
+from search.storage import Output, open_output
 from trainables import data
 from trainables.leakage import find_leakage
 from trainables.models import WeightsUnavailable
@@ -35,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, help="number of trials")
     parser.add_argument("--max-epochs", type=int, help="epochs per trial at most")
     parser.add_argument("--concurrency", type=int, help="trials at once (default: as many as fit)")
-    parser.add_argument("--out", help="results folder (default: results/<experiment name>)")
+    parser.add_argument("--out", help="results folder, or a URI pyarrow understands (s3://bucket/prefix, gs://...), "
+                                          "which every node of a cluster can reach (default: results/<experiment name>)")
     parser.add_argument("--name", help="experiment name (default: the file's)")
     parser.add_argument("--address", help="Ray cluster to join: auto, host:port or ray://... (default: start a local one)")
     parser.add_argument("--resume", action="store_true", help="continue the search stored in --out")
@@ -72,15 +74,22 @@ def apply_overrides(experiment: Experiment, args: argparse.Namespace) -> Experim
     return replace(experiment, **changes)
 
 
-def _out_dir(experiment: Experiment, args: argparse.Namespace) -> Path:
-    out = Path(args.out) if args.out else Path("results") / experiment.name
+def _output(experiment: Experiment, args: argparse.Namespace) -> Output:
+    """`--out` opened (a folder or a URI), refused when it holds a search and --resume is not given."""
     from search.tuning import TUNE_DIR
 
-    if (out / TUNE_DIR).exists() and not (args.resume or args.check):
-        raise SpecError("--out", str(out), "holds an earlier search: add --resume to continue it, "
+    output = open_output(args.out or str(Path("results") / experiment.name), _cache_dir(args))
+    if output.exists(TUNE_DIR) and not (args.resume or args.check):
+        raise SpecError("--out", output.display(), "holds an earlier search: add --resume to continue it, "
                         "or give another --out (nothing is overwritten)")
-    out.mkdir(parents=True, exist_ok=True)
-    return out.resolve()  # trials run in their own working directories
+    output.local.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        output.download()  # the Optuna study and the report inputs of the run being resumed
+    return output
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    return Path(args.cache).expanduser() if args.cache else data.default_cache_dir()
 
 
 def _data_folder(experiment: Experiment) -> Path:
@@ -129,13 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         experiment = apply_overrides(load_experiment(args.experiment), args)
-        out = _out_dir(experiment, args)
+        output = _output(experiment, args)
+        out = output.local
         folder = _data_folder(experiment)
         if not args.check:
             _check_weights(experiment)
         started = time.perf_counter()
         cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed,
-                             Path(args.cache) if args.cache else None)
+                             _cache_dir(args))
         arrays = data.load(cache.path)
         how = "reused the decoded cache" if cache.reused else "decoded into the cache"
         print(data.summary(arrays, folder) + f"\n  ({how} {cache.path} in {time.perf_counter() - started:.1f} s)",
@@ -148,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.check:
+        output.upload()
         return 0
     (out / "experiment.txt").write_text(repr(experiment) + "\n")
+    output.upload()
 
     from search import tuning
     from search.outcome import finish
@@ -163,12 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"Searching {experiment.budget.trials} trials, {the_plan.concurrency} at a time, on "
-          f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {out}", flush=True)
+          f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {output.display()}", flush=True)
     started = time.perf_counter()
-    grid = tuning.search(experiment, out, arrays, the_plan, resume=args.resume)
-    summary = finish(grid, experiment, arrays, out)
+    grid = tuning.search(experiment, output, arrays, the_plan, resume=args.resume)
+    summary = finish(grid, experiment, arrays, output)
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    output.upload()
     return 0
 
 

@@ -41,6 +41,14 @@ class Output:
         base, sep, options = self.uri.partition("?")
         return "/".join([base.rstrip("/"), *parts]) + sep + options
 
+    def display(self, *parts: str) -> str:
+        """Where something is, for people: the local path, or the URI without its options
+        and credentials (a URI may carry keys: s3://KEY:SECRET@bucket/...)."""
+        if not self.remote:
+            return str(self.local.joinpath(*parts))
+        scheme, _, rest = self.uri.partition("?")[0].partition("://")
+        return f"{scheme}://" + "/".join([rest.rpartition("@")[2].rstrip("/"), *parts])
+
     def exists(self, *parts: str) -> bool:
         info = self.filesystem.get_file_info("/".join([self.path, *parts]))
         return info.type != pafs.FileType.NotFound

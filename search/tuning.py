@@ -18,6 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search.cleanup import PlacementGroupReaper
 from search.space import recipe_points, space_function
 from search.spec import Experiment, SpecError
+from search.storage import Output
 from search.trial import TrialSettings, run_trial
 from trainables.data import ArrayData
 
@@ -116,27 +117,30 @@ def _searcher(experiment: Experiment, out: Path) -> OptunaSearch:
                         storage=new_study_storage(out, experiment.name))
 
 
-def _trainable(experiment: Experiment, out: Path, arrays: ArrayData, the_plan: Plan) -> tune.Trainable:
+def _trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: Plan) -> tune.Trainable:
     res = experiment.resources
     settings = TrialSettings(
         # Decoded once, put in Ray's object store once: every trial on every node reads
         # this one copy (zero-copy on a node), with no shared filesystem needed.
-        data=ray.put(arrays), storage_path=str(out / TRAIN_DIR), weights=experiment.weights,
+        data=ray.put(arrays), storage_path=output.child(TRAIN_DIR), weights=experiment.weights,
         max_epochs=experiment.budget.max_epochs, seed=experiment.seed, workers=res.workers,
         cpus_per_worker=res.cpus_per_worker, gpus_per_worker=the_plan.gpus_per_worker,
         objective=experiment.objective, mode=experiment.mode)
     return tune.with_resources(tune.with_parameters(run_trial, settings=settings), DRIVER_RESOURCES)
 
 
-def search(experiment: Experiment, out: Path, arrays: ArrayData, the_plan: Plan,
+def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: Plan,
            resume: bool = False) -> tune.ResultGrid:
-    """Run (or, with `resume`, continue) the search; its Tune state lives in `out/tune`."""
-    out = out.resolve()
-    trainable = _trainable(experiment, out, arrays, the_plan)
-    tune_path = out / TUNE_DIR
-    if resume and tune.Tuner.can_restore(str(tune_path)):
+    """Run (or, with `resume`, continue) the search; its Tune state lives in `OUT/tune`.
+
+    Tune and Train write straight to `output` (a local folder or a URI every node can
+    reach); the Optuna study stays in the driver's local working folder.
+    """
+    trainable = _trainable(experiment, output, arrays, the_plan)
+    tune_path = output.child(TUNE_DIR)
+    if resume and tune.Tuner.can_restore(tune_path):
         # resume_errored keeps the trial id (Optuna knows it); restart_errored would not.
-        tuner = tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit()
     budget = experiment.budget
     scheduler = ASHAScheduler(
@@ -145,9 +149,9 @@ def search(experiment: Experiment, out: Path, arrays: ArrayData, the_plan: Plan,
         grace_period=budget.grace_period_epochs, reduction_factor=budget.reduction_factor)
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=_searcher(experiment, out), scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=_searcher(experiment, output.local), scheduler=scheduler,
                                     num_samples=budget.trials, max_concurrent_trials=the_plan.concurrency),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(out), callbacks=[PlacementGroupReaper()],
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=output.uri, callbacks=[PlacementGroupReaper()],
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=1),
     )
     return tuner.fit()

@@ -49,3 +49,10 @@ def test_resume_after_the_driver_is_killed(coats: Path, tmp_path: Path) -> None:
     assert len(report) == 5 and report["trial_id"].is_unique
     assert report["status"].isin(["completed", "early_stopped"]).all(), report[["status", "error"]]
     assert (out / "best" / "meta.json").exists()
+    # the Optuna study went on too: one study, each trial once
+    import optuna
+
+    storage = f"sqlite:///{out}/optuna.db"
+    assert optuna.study.get_all_study_names(storage) == ["tiny"]
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert len(study.trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)

@@ -48,3 +48,29 @@ def test_load_state_reads_a_checkpoint_wherever_it_lives(s3_server, tmp_path: Pa
                     source_filesystem=pafs.LocalFileSystem(), destination_filesystem=out.filesystem)
     loaded = load_state(out, "bucket-b/run/train/epoch-0001/", "state.pt")
     assert loaded["epoch"] == 1 and torch.equal(loaded["model"]["w"], torch.arange(3.0))
+
+
+def test_a_search_writes_everything_to_an_s3_out_and_resumes_from_it(ray_session, s3_server, coats: Path,
+                                                                       tmp_path: Path) -> None:
+    import pandas as pd
+
+    from search.run import main
+    from tests.conftest import tiny_experiment
+
+    experiment = tiny_experiment(tmp_path, coats, trials=2, epochs=2)
+    uri = s3_server("results/tiny")
+    out = open_output(uri, tmp_path / "unused")
+    out.filesystem.create_dir("results")
+    assert main([str(experiment), "--out", uri]) == 0
+    for name in ("report.csv", "data_report.csv", "summary.json", "best/model.pt", "best/meta.json"):
+        assert out.exists(*name.split("/")), name
+    trial_files = out.filesystem.get_file_info(pafs.FileSelector("results/tiny/train", recursive=True))
+    assert any(info.base_name == "state.pt" for info in trial_files)  # checkpoints written by the workers
+    with out.filesystem.open_input_stream("results/tiny/report.csv") as stream:
+        report = pd.read_csv(stream)
+    assert len(report) == 2 and (report["status"] != "error").all()
+
+    assert main([str(experiment), "--out", uri]) == 2  # an existing search is never overwritten
+    assert main([str(experiment), "--out", uri, "--resume"]) == 0  # finished: resuming changes nothing
+    with out.filesystem.open_input_stream("results/tiny/report.csv") as stream:
+        assert pd.read_csv(stream)["trial_id"].tolist() == report["trial_id"].tolist()
