@@ -17,7 +17,7 @@ def test_cluster_yaml_is_a_valid_ray_cluster_config() -> None:
     assert prepared["provider"]["type"] == "aws"
     workers = prepared["available_node_types"]["gpu_worker"]
     assert workers["node_config"]["InstanceType"].startswith(("g5", "g4dn"))
-    assert workers["max_workers"] >= 1
+    assert workers["min_workers"] == 0 and workers["max_workers"] >= 1  # GPU workers scale from zero
     assert prepared["available_node_types"]["head"]["resources"] == {"CPU": 0}
     assert any("pip install" in c and "imagesearch" in c for c in prepared["setup_commands"])
     assert "/home/ray/.ray/auth_token" in prepared["file_mounts"]
