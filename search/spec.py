@@ -286,7 +286,8 @@ class Budget:
 class Resources:
     """What one trial takes: `workers` Ray Train workers, each with these CPUs and GPUs.
 
-    `gpus_per_worker="auto"` gives each worker one GPU when the cluster has GPUs, else none.
+    `gpus_per_worker="auto"` gives each worker one GPU when the cluster has GPUs, else none;
+    a fraction such as 0.25 lets four small trials share one GPU.
     """
 
     workers: int = 1
@@ -298,8 +299,10 @@ class Resources:
         _require("Resources.cpus_per_worker", self.cpus_per_worker,
                  0 < self.cpus_per_worker <= 256, "must lie in (0, 256]")
         if self.gpus_per_worker != "auto":
+            # Ray shares a GPU between tasks only in fractions of one: 0.25 fits 4 trials on a GPU.
             _require("Resources.gpus_per_worker", self.gpus_per_worker,
-                     0 <= self.gpus_per_worker <= 8, "must be 'auto' or lie in [0, 8]")
+                     0 <= self.gpus_per_worker <= 8 and (self.gpus_per_worker <= 1 or self.gpus_per_worker % 1 == 0),
+                     "must be 'auto', a fraction in [0, 1] (trials share a GPU) or a whole number up to 8")
 
 
 @spec_class

@@ -35,6 +35,7 @@ def test_unknown_field_names_it_and_suggests_the_closest() -> None:
     (lambda: Budget(reduction_factor=1), "Budget.reduction_factor", 1),
     (lambda: Resources(cpus_per_worker=0), "Resources.cpus_per_worker", 0),
     (lambda: Resources(gpus_per_worker="all"), "Resources.gpus_per_worker", "all"),
+    (lambda: Resources(gpus_per_worker=1.5), "Resources.gpus_per_worker", 1.5),
     (lambda: Space(arch="resnet"), "Space.arch", "resnet"),
     (lambda: Space(optimizer=Choice("adam", "lion")), "Space.optimizer", "lion"),
     (lambda: Space(augment=Uniform(0.0, 1.5)), "Space.augment", 1.5),

@@ -49,3 +49,10 @@ def test_a_cluster_that_scales_gpu_workers_from_zero_gets_gpu_trials() -> None:
         resolve(carnivores, head_only, None)
     fixed = resolve(experiment(concurrency=3), {"CPU": 2.0}, {})  # pointed at, ceiling unknown
     assert fixed.concurrency == 3 and fixed.gpus_per_worker == 0.0
+
+
+def test_a_gpu_fraction_shares_each_gpu_between_trials() -> None:
+    from search.tuning import resolve
+
+    shared = resolve(experiment(resources=Resources(cpus_per_worker=2, gpus_per_worker=0.25)), {"CPU": 16, "GPU": 1})
+    assert shared.gpus_per_worker == 0.25 and shared.concurrency == 4  # four small trials on one GPU
