@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from trainables.augment import FULL, augment, random_affine
+from trainables.augment import FULL, augment, compose, random_affine, random_crop
 
 
 def test_strength_zero_is_the_identity() -> None:
@@ -46,3 +46,34 @@ def test_each_image_gets_its_own_transform_and_shapes_are_kept() -> None:
     out = augment(images, 1.0, torch.Generator().manual_seed(0))
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
     assert len({round(float(o.sum()), 3) for o in out}) == 6
+
+
+def test_the_crop_and_zoom_stays_inside_the_image_and_its_area_range() -> None:
+    assert torch.allclose(random_crop(8, 0.0), torch.tensor([[1.0, 0, 0], [0, 1, 0]]).expand(8, 2, 3))
+    theta = random_crop(5000, 1.0, torch.Generator().manual_seed(0))
+    side, cx, cy = theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 2]
+    assert torch.equal(side, theta[:, 1, 1]) and (theta[:, 0, 1] == 0).all()
+    area = side**2
+    assert area.min() >= 1 - FULL.crop_area - 1e-6 and area.max() <= 1 and area.min() < 1 - 0.95 * FULL.crop_area
+    assert ((cx.abs() + side) <= 1 + 1e-6).all() and ((cy.abs() + side) <= 1 + 1e-6).all()  # inside the image
+    half = random_crop(5000, 0.5, torch.Generator().manual_seed(0))
+    assert (half[:, 0, 0] ** 2).min() >= 1 - FULL.crop_area / 2 - 1e-6
+
+
+def test_compose_applies_the_inner_transform_first() -> None:
+    points = torch.tensor([[0.5], [-0.25], [1.0]])  # homogeneous (x, y, 1)
+    inner, outer = random_affine(3, 1.0, torch.Generator().manual_seed(2)), random_crop(3, 1.0)
+    both = compose(outer, inner) @ points
+    step = inner @ points
+    expected = outer[:, :, :2] @ step + outer[:, :, 2:]
+    assert torch.allclose(both, expected, atol=1e-6)
+
+
+def test_a_crop_zooms_into_its_region() -> None:
+    image = torch.zeros(1, 1, 8, 8)
+    image[..., :4, :4] = 1.0  # the top-left quarter is white
+    top_left = torch.tensor([[[0.5, 0.0, -0.5], [0.0, 0.5, -0.5]]])  # side 1/2, centred in that quarter
+    grid = torch.nn.functional.affine_grid(top_left, [1, 1, 8, 8], align_corners=False)
+    out = torch.nn.functional.grid_sample(image, grid, align_corners=False)
+    # the quarter fills the picture (only the last row and column blend with its border)
+    assert torch.allclose(out[..., :7, :7], torch.ones(1, 1, 7, 7)) and out.mean() > 0.9
