@@ -7,7 +7,8 @@ into `ray.train.report` with a checkpoint; a test calls it directly.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 
 from trainables.augment import augment
 from trainables.data import ArrayData, Split
-from trainables.models import create_model
+from trainables.models import InceptionClassifier, create_model
 from trainables.optimizers import create_optimizer
 
 # ImageNet statistics: what torchvision's Inception weights expect; used for every arch so
@@ -54,22 +55,76 @@ def _autocast(device: torch.device) -> Any:
 
 
 @torch.no_grad()
+def _outputs(module: nn.Module, images: np.ndarray, device: torch.device, strength: float = 0.0,
+             generator: torch.Generator | None = None, batch_size: int = EVAL_BATCH) -> Iterator[torch.Tensor]:
+    """`module`'s outputs for uint8 images [N, H, W, 3] (augmented with `strength`), batch by
+    batch, in eval mode, on `device` in autocast's dtype."""
+    module.eval()
+    for start in range(0, len(images), batch_size):
+        batch = normalize(augment(to_input(images[start:start + batch_size], device), strength, generator))
+        with _autocast(device):
+            yield module(batch)
+
+
 def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Logits for uint8 images [N, H, W, 3], in eval mode, on the CPU as float32."""
-    model.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        with _autocast(device):
-            outputs.append(model(normalize(to_input(images[start:start + batch_size], device))).float().cpu())
+    outputs = [logits.float().cpu() for logits in _outputs(model, images, device, batch_size=batch_size)]
     return torch.cat(outputs) if outputs else torch.zeros(0)
+
+
+def _loss_and_accuracy(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
+    targets = torch.as_tensor(labels)
+    return F.cross_entropy(logits, targets).item(), (logits.argmax(1) == targets).float().mean().item()
 
 
 def evaluate(model: nn.Module, split: Split, device: torch.device) -> tuple[float, float]:
     """(loss, accuracy) of `model` on `split`."""
-    logits = predict_logits(model, split.images, device)
-    labels = torch.as_tensor(split.labels)
-    loss = F.cross_entropy(logits, labels).item()
-    return loss, (logits.argmax(1) == labels).float().mean().item()
+    return _loss_and_accuracy(predict_logits(model, split.images, device), split.labels)
+
+
+def frozen_backbone(model: nn.Module) -> nn.Module | None:
+    """The model's backbone if training can never change its outputs (every block frozen and
+    kept in eval mode: Inception with ImageNet weights and no unfrozen block), else None."""
+    if isinstance(model, InceptionClassifier) and len(model.frozen) == len(list(model.backbone.children())):
+        return model.backbone
+    return None
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """A frozen backbone's outputs, computed once so that every epoch trains only the head:
+    `train` [views, N, D] (one plain view, or `feature_views` augmented ones), `val` [N, D]."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+
+    def train_batch(self, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """Features of train images `idx`, each from a view drawn at random."""
+        views = torch.as_tensor(rng.integers(len(self.train), size=len(idx)), device=self.train.device)
+        return self.train[views, torch.as_tensor(idx, device=self.train.device)]
+
+    @torch.no_grad()
+    def evaluate(self, model: InceptionClassifier, labels: np.ndarray) -> tuple[float, float]:
+        """(loss, accuracy) of `model` on the val images: its head on their cached features."""
+        model.eval()
+        with _autocast(self.val.device):
+            return _loss_and_accuracy(model.head(self.val).float().cpu(), labels)
+
+
+def cache_features(model: nn.Module, data: ArrayData, hp: dict[str, Any], device: torch.device,
+                   seed: int) -> FeatureCache | None:
+    """The backbone's features of every train and val image, when they stay valid for the
+    whole run: a frozen backbone, and no augmentation or `hp["feature_views"]` augmented views
+    of each train image (reused in every epoch instead of fresh ones); else None."""
+    backbone = frozen_backbone(model)
+    views = 1 if hp["augment"] == 0 else int(hp.get("feature_views") or 0)
+    if backbone is None or views == 0:
+        return None
+    # Seeds seed * 100_003 - view are never an epoch's augmentation seed (those add epoch >= 1).
+    generators = [torch.Generator(device=device).manual_seed(seed * 100_003 - view) for view in range(views)]
+    train = torch.stack([torch.cat(list(_outputs(backbone, data.train.images, device, hp["augment"], generator)))
+                         for generator in generators])
+    return FeatureCache(train, torch.cat(list(_outputs(backbone, data.val.images, device))))
 
 
 def _shard(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
@@ -86,14 +141,24 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def on_device(images: np.ndarray, device: torch.device, max_fraction: float = 0.25) -> np.ndarray | torch.Tensor:
+    """The uint8 images, held on the GPU when they take at most `max_fraction` of its free
+    memory (then every batch is gathered there: no host-to-device copy per step); else as they are."""
+    if device.type != "cuda" or images.nbytes > max_fraction * torch.cuda.mem_get_info(device)[0]:
+        return images
+    return torch.from_numpy(np.ascontiguousarray(images).copy()).to(device)
+
+
 def fit(hp: dict[str, Any], data: ArrayData, max_epochs: int, report: ReportFn, *,
         state: dict[str, Any] | None = None, device: torch.device | None = None, seed: int = 0,
         rank: int = 0, world_size: int = 1,
-        prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m) -> nn.Module:
+        prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m, feature_cache: bool = True) -> nn.Module:
     """Train `hp["arch"]` on `data.train`, validate on `data.val`, report every epoch.
 
     `state` (a previous report's) resumes after its epoch. `prepare_model` lets Ray Train
     move and wrap the model (DDP); with several workers each trains on its shard of the data.
+    A frozen backbone's features are computed once (`cache_features`) and only the head is
+    trained and prepared; `feature_cache=False` runs the backbone every epoch instead.
     """
     device = device or default_device()
     torch.manual_seed(seed)
@@ -108,8 +173,12 @@ def fit(hp: dict[str, Any], data: ArrayData, max_epochs: int, report: ReportFn, 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, train_time_s = state["epoch"] + 1, state["train_time_s"]
-    wrapped = prepare_model(model)
+    started = time.perf_counter()
+    features = cache_features(model, data, hp, device, seed) if feature_cache else None
+    train_time_s += time.perf_counter() - started  # the backbone's one pass is part of training's cost
+    wrapped = prepare_model(model if features is None else model.head)
     batch_size = int(hp["batch_size"])
+    train_images = on_device(data.train.images, device) if features is None else None
 
     for epoch in range(first_epoch, max_epochs + 1):
         started = time.perf_counter()
@@ -117,15 +186,20 @@ def fit(hp: dict[str, Any], data: ArrayData, max_epochs: int, report: ReportFn, 
         rng = np.random.default_rng([seed, epoch])
         augment_rng = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
         order = _shard(rng.permutation(len(data.train.labels)), rank, world_size)
+        # Dropout's draws depend on (seed, epoch) only, so a resumed run repeats an uninterrupted one.
+        torch.manual_seed(int(rng.integers(2**62)))
         loss_sum, correct, seen = 0.0, 0.0, 0.0
         for start in range(0, len(order), batch_size):
             idx = np.sort(order[start:start + batch_size])
             if len(idx) < 2 and seen:  # batch norm cannot train on a single image
                 continue
-            images = normalize(augment(to_input(data.train.images[idx], device), hp["augment"], augment_rng))
+            if features is None:
+                inputs = normalize(augment(to_input(train_images[idx], device), hp["augment"], augment_rng))
+            else:
+                inputs = features.train_batch(idx, rng)
             labels = torch.as_tensor(data.train.labels[idx], device=device)
             with _autocast(device):
-                logits = wrapped(images)
+                logits = wrapped(inputs)
                 loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -136,7 +210,10 @@ def fit(hp: dict[str, Any], data: ArrayData, max_epochs: int, report: ReportFn, 
         loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], device)
         if not np.isfinite(loss_sum):
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch} (lr {hp['lr']:g}): diverged")
-        val_loss, val_acc = evaluate(model, data.val, device)
+        if features is None:
+            val_loss, val_acc = evaluate(model, data.val, device)
+        else:
+            val_loss, val_acc = features.evaluate(model, data.val.labels)
         train_time_s += time.perf_counter() - started
         metrics = {"epoch": epoch, "train_images": int(seen), "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "val_loss": val_loss, "val_acc": val_acc, "train_time_s": train_time_s}

@@ -1,0 +1,135 @@
+"""The frozen-feature cache: a frozen backbone runs once per image, and training only its head
+on those features gives what running the backbone every epoch gives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import Inception3
+
+from tests.trainables.test_loop import HP
+from trainables import data
+from trainables.loop import fit, normalize, to_input
+
+CPU = torch.device("cpu")
+FROZEN = {**HP, "arch": "inception_frozen", "weights": "imagenet", "dropout": 0.2, "head_units": 32}
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def arrays(coats: Path, tmp_path_factory: pytest.TempPathFactory) -> data.ArrayData:
+    cache = data.prepare(coats, 75, 0.25, 0, tmp_path_factory.mktemp("cache"))  # Inception's smallest input
+    return data.load(cache.path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def imagenet_weights(arrays: data.ArrayData, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A random Inception v3 in place of torchvision's ImageNet file, its batch-norm statistics
+    measured on the train images: with the untouched unit statistics its features are ~1e-8
+    and a head learns nothing from them, which would make equal results prove nothing."""
+    from torchvision.models import Inception_V3_Weights, inception_v3
+
+    torch.manual_seed(0)
+    backbone = inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=True)
+    for module in backbone.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # a plain average: one pass measures the statistics
+    with torch.no_grad():
+        backbone.train()(normalize(to_input(arrays.train.images, CPU)))
+    home = tmp_path_factory.mktemp("torch_home")
+    target = home / "hub" / "checkpoints" / Path(Inception_V3_Weights.IMAGENET1K_V1.url).name
+    target.parent.mkdir(parents=True)
+    torch.save(backbone.state_dict(), target)  # no AuxLogits: the loader drops them anyway
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(home))
+        yield
+
+
+def run(hp: dict[str, Any], arrays: data.ArrayData, epochs: int = EPOCHS, **kwargs: Any) -> dict[str, Any]:
+    """`fit` on the CPU, with what it reported, the module it trained and how many images its
+    Inception backbone saw."""
+    result = {"metrics": [], "states": [], "trained": [], "backbone_images": 0}
+
+    def count(module: nn.Module, args: tuple, output: Any) -> None:
+        if isinstance(module, Inception3):
+            result["backbone_images"] += len(args[0])
+
+    def report(metrics: dict, state: dict) -> None:
+        result["metrics"].append(metrics)
+        result["states"].append(state)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        result["model"] = fit(hp, arrays, epochs, report, device=CPU,
+                              prepare_model=lambda m: result["trained"].append(m) or m, **kwargs)
+    finally:
+        hook.remove()
+    return result
+
+
+def head_state(result: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in result["states"][-1]["model"].items() if k.startswith("head.")}
+
+
+def assert_same_metrics(a: list[dict], b: list[dict], tolerance: float) -> None:
+    assert [m["epoch"] for m in a] == [m["epoch"] for m in b]
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x.keys() - {"train_time_s"}:
+            assert x[key] == pytest.approx(y[key], abs=tolerance), (x["epoch"], key)
+
+
+def test_cached_features_give_what_running_the_backbone_every_epoch_gives(arrays: data.ArrayData) -> None:
+    cached, plain = run(FROZEN, arrays), run(FROZEN, arrays, feature_cache=False)
+    images = len(arrays.train.labels) + len(arrays.val.labels)
+    assert cached["backbone_images"] == images  # once per image, whatever the number of epochs
+    assert plain["backbone_images"] == EPOCHS * images
+    assert cached["trained"] == [cached["model"].head] and plain["trained"] == [plain["model"]]
+    assert_same_metrics(cached["metrics"], plain["metrics"], 1e-4)
+    assert cached["metrics"][-1]["train_loss"] < cached["metrics"][0]["train_loss"]  # the head did learn
+    for key, value in head_state(plain).items():
+        assert torch.allclose(head_state(cached)[key], value, atol=1e-6), key
+    # The checkpoint is still the whole model: export and resume need the backbone too.
+    assert cached["states"][-1]["model"].keys() == plain["model"].state_dict().keys()
+    assert cached["model"].training is False
+
+
+def test_resuming_with_cached_features_repeats_the_uninterrupted_run(arrays: data.ArrayData, tmp_path: Path) -> None:
+    whole = run(FROZEN, arrays)
+    torch.save(run(FROZEN, arrays, epochs=EPOCHS - 1)["states"][-1], tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    resumed = run(FROZEN, arrays, state=state)
+    assert resumed["backbone_images"] == len(arrays.train.labels) + len(arrays.val.labels)
+    assert_same_metrics(resumed["metrics"], whole["metrics"][-1:], 1e-6)
+    for key, value in head_state(whole).items():
+        assert torch.allclose(head_state(resumed)[key], value, atol=1e-7), key
+
+
+@pytest.mark.parametrize("change", [
+    {"weights": "none"},  # the frozen blocks' batch norm keeps learning: features change every epoch
+    {"augment": 0.3},  # every epoch sees new pixels
+    {"arch": "inception_partial", "unfrozen_blocks": 1},
+    {"arch": "small_cnn"},
+], ids=lambda change: "-".join(f"{k}={v}" for k, v in change.items()))
+def test_features_are_not_cached_when_they_would_change(arrays: data.ArrayData, change: dict) -> None:
+    epochs = 2
+    result = run({**FROZEN, **change}, arrays, epochs=epochs)
+    assert result["trained"] == [result["model"]]
+    if change.get("arch") != "small_cnn":
+        assert result["backbone_images"] >= epochs * len(arrays.train.labels)
+
+
+def test_augmented_views_are_cached_once_and_reused(arrays: data.ArrayData) -> None:
+    views = 2
+    result = run({**FROZEN, "augment": 0.5, "feature_views": views}, arrays)
+    assert result["backbone_images"] == views * len(arrays.train.labels) + len(arrays.val.labels)
+    assert result["trained"] == [result["model"].head]
+    again = run({**FROZEN, "augment": 0.5, "feature_views": views}, arrays)
+    assert_same_metrics(again["metrics"], result["metrics"], 0)  # seeded: the same views
+    one_view = run({**FROZEN, "augment": 0.5, "feature_views": 1}, arrays)
+    assert one_view["metrics"][-1]["train_loss"] != result["metrics"][-1]["train_loss"]
