@@ -211,9 +211,16 @@ def read_meta(out: str | Path) -> dict[str, Any]:
 def load_best(out: str | Path, device: str | torch.device | None = None) -> Predictor:
     """Load `out/best/` (written by a search) as a `Predictor`, after checking its files.
 
+    `out` is the search's `--out`: a folder, or a URI such as s3://bucket/prefix.
+
     Raises FileNotFoundError when there is no export, ExportError when it is incomplete or
     was modified.
     """
+    if "://" in str(out):  # a search that wrote to s3://... or another URI: fetch best/ first
+        from search.storage import open_output
+        from trainables.data import default_cache_dir
+
+        out = open_output(str(out), default_cache_dir()).fetch(BEST_DIR).parent
     meta = read_meta(out)
     weights = torch.load(Path(out) / BEST_DIR / MODEL_FILE, map_location="cpu", weights_only=True)
     model = build_model(meta["classes"], meta["config"], weights)

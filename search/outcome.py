@@ -110,5 +110,5 @@ def _export_best(best: pd.Series, run: report.StoredRun, experiment: Experiment,
     text = (f"\nBest trial {best['trial_id']} ({hp['arch']}): val_acc {metrics['val_acc']:.3f}, "
             f"test_acc {test_acc:.3f} on {len(predictions)} test images.\n"
             f"Exported to {output.display('best')}. Use it: from search import load_best; "
-            f"load_best({str(output.local)!r}).predict(paths)")
+            f"load_best({output.display()!r}).predict(paths)")
     return run, text

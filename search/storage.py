@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,18 @@ class Output:
             else:
                 with self.filesystem.open_output_stream(target) as stream:
                     stream.write(entry.read_bytes())
+
+    def fetch(self, name: str) -> Path:
+        """A local copy of the folder `name` of the output (itself, for a local output)."""
+        target = self.local / name
+        if self.remote:
+            if not self.exists(name):
+                raise FileNotFoundError(f"{self.display(name)}: not found")
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            pafs.copy_files(f"{self.path}/{name}", str(target), source_filesystem=self.filesystem,
+                            destination_filesystem=pafs.LocalFileSystem())
+        return target
 
     def download(self) -> None:
         """Fetch the driver's files of an earlier run (the Optuna study above all) to resume it."""

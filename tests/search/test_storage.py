@@ -70,6 +70,11 @@ def test_a_search_writes_everything_to_an_s3_out_and_resumes_from_it(ray_session
         report = pd.read_csv(stream)
     assert len(report) == 2 and (report["status"] != "error").all()
 
+    from search import load_best
+
+    predictions = load_best(uri).predict(coats / "test")  # best/ fetched from S3, checksums verified
+    assert len(predictions) == 16 and predictions["error"].isna().all()
+
     assert main([str(experiment), "--out", uri]) == 2  # an existing search is never overwritten
     assert main([str(experiment), "--out", uri, "--resume"]) == 0  # finished: resuming changes nothing
     with out.filesystem.open_input_stream("results/tiny/report.csv") as stream:
