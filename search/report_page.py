@@ -244,9 +244,8 @@ def _search_blocks(frame: pd.DataFrame, run: StoredRun, out: Path, plots_dir: Pa
             (f" {importance_note}" if importance_note else "")
         blocks.append(Picture(plots.importance_bars(shown, plots_dir / "param_importance.png"),
                               "Optuna's parameter importance (its default evaluator) over the study's finished "
-                              "trials, on the value each trial reported last: for a stopped trial, its "
-                              f"{objective} when ASHA stopped it. Names are Optuna's: one learning rate per "
-                              "optimizer (`lr_adam`, ...)." + notes))
+                              f"trials, on each trial's best {objective} (the value Optuna learns from). "
+                              "Names are Optuna's: one learning rate per optimizer (`lr_adam`, ...)." + notes))
     else:
         blocks.append(Para(f"Parameter importance: not computed: {importance_note}."))
     if frame[objective].notna().any():

@@ -19,12 +19,18 @@ from typing import Any
 from search.space import hparams
 
 STATE_FILE = "state.pt"
+BEST_STATE_KEY = "best_objective"
 # Reported with the metrics so the driver can free a stopped trial's workers (see cleanup.py).
 PLACEMENT_GROUP_KEY = "placement_group"
 # Fault injection for tests and drills: "<hyperparameter>=<value>:<epoch>" makes every trial
 # whose hyperparameter has that value raise when it reaches that epoch (read by the driver
 # process that builds the search, so it needs no restart of Ray).
 FAULT_ENV = "IMAGESEARCH_INJECT_FAULT"
+
+
+def best_metric(objective: str) -> str:
+    """The name of the running best of `objective` that each report carries (Optuna learns from it)."""
+    return f"best_{objective}"
 
 
 class InjectedFault(RuntimeError):
@@ -82,12 +88,19 @@ def train_worker(config: dict[str, Any]) -> None:
     group = ray.util.get_current_placement_group()
     extra = {PLACEMENT_GROUP_KEY: group.id.hex() if group else "",
              "startup_s": time.time() - config["trial_started_at"]}
+    objective, better = config["objective"], max if config["mode"] == "max" else min
+    # Optuna is told a trial's best epoch, as the report ranks it, not its last (ASHA may stop
+    # a trial just after a dip); kept in the checkpoint so a resumed trial remembers it.
+    best = {"value": state.get(BEST_STATE_KEY) if state else None}
 
     def report(metrics: dict[str, float], run_state: dict[str, Any]) -> None:
         fault = injected_fault(config["fault"], config["hparams"], metrics["epoch"])
         if fault:
             raise fault
-        metrics = {**metrics, **extra}
+        value = metrics[objective]
+        best["value"] = value if best["value"] is None else better(best["value"], value)
+        run_state = {**run_state, BEST_STATE_KEY: best["value"]}
+        metrics = {**metrics, **extra, best_metric(objective): best["value"]}
         if rank != 0:  # report is a barrier: every rank calls it, only rank 0 saves
             ray.train.report(metrics)
             return

@@ -19,7 +19,7 @@ from search.cleanup import PlacementGroupReaper
 from search.space import recipe_points, space_function
 from search.spec import Experiment, SpecError
 from search.storage import Output
-from search.trial import TrialSettings, run_trial
+from search.trial import TrialSettings, best_metric, run_trial
 from trainables.data import ArrayData
 
 TUNE_DIR = "tune"
@@ -111,7 +111,7 @@ def _searcher(experiment: Experiment, out: Path) -> OptunaSearch:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=experiment.seed, multivariate=True, group=True,
                                              n_startup_trials=max(2, min(10, experiment.budget.trials // 3)))
-    return OptunaSearch(space=space_function(experiment.space), metric=experiment.objective,
+    return OptunaSearch(space=space_function(experiment.space), metric=best_metric(experiment.objective),
                         mode=experiment.mode, points_to_evaluate=recipe_points(experiment) or None,
                         sampler=sampler, study_name=experiment.name,
                         storage=new_study_storage(out, experiment.name))

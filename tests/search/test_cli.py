@@ -39,6 +39,11 @@ def test_cli_runs_a_search_end_to_end(coats: Path, tmp_path: Path) -> None:
     assert meta["classes"] == ["blotches", "rosettes", "spots", "stripes"]
     assert "Best trial" in proc.stdout and meta["trial_id"] in proc.stdout
     assert_report_rebuilds(tmp_path / "out", trials=3)
+    # Optuna learned each trial's best epoch, the value the report ranks by
+    import optuna
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(report["val_acc"]))
     # an existing search is never overwritten silently
     again = run_cli(str(experiment), "--data", str(coats), "--out", "out", cwd=tmp_path)
     assert_user_error(again, "--out", "--resume")
