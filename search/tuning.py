@@ -43,15 +43,19 @@ class Plan:
 
 def plan(experiment: Experiment, autoscaling: bool = False) -> Plan:
     """What the search will run on the Ray it is connected to (see `resolve`)."""
-    ceiling = None
-    if autoscaling:
-        from ray._private.state import state as ray_state
-
-        # The most the autoscaler may bring up (its node types x max workers); None on a
-        # cluster without an autoscaler. A cluster.yaml that scales GPU workers from 0 has
-        # no GPU yet when the search starts, and must still get GPU trials.
-        ceiling = ray_state.get_max_resources_from_cluster_config() or {}
+    # The most the autoscaler may bring up (its node types x max workers), asked on the
+    # cluster itself (a Ray Client driver has no state API): a cluster.yaml that scales GPU
+    # workers from 0 has no GPU yet when the search starts, and must still get GPU trials.
+    ceiling = ray.get(_autoscaler_ceiling.remote()) if autoscaling else None
     return resolve(experiment, ray.cluster_resources(), ceiling)
+
+
+@ray.remote(num_cpus=0)
+def _autoscaler_ceiling() -> dict[str, float]:
+    """The autoscaler's largest cluster, or {} on a cluster without an autoscaler."""
+    from ray._private.state import state as ray_state
+
+    return ray_state.get_max_resources_from_cluster_config() or {}
 
 
 def resolve(experiment: Experiment, now: dict[str, float], ceiling: dict[str, float] | None = None) -> Plan:
