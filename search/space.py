@@ -2,6 +2,7 @@
 
 Conditional parameters are only asked for when their parent makes them matter:
 `unfrozen_blocks` for `inception_partial`, `head_units` for either Inception,
+`feature_views` for `inception_frozen`,
 `cnn_width`/`cnn_depth` for `small_cnn`,
 `momentum` for `sgd`, and one learning rate per optimizer (`lr_<optimizer>`), so TPE
 models each optimizer's learning rate on its own. Pinned parameters are returned as
@@ -17,7 +18,7 @@ from typing import Any
 from search.spec import Choice, Experiment, IntRange, LogUniform, Space, SpecError, Uniform
 
 # Hyperparameters every trial config resolves to; conditional ones are None when unused.
-HPARAM_NAMES = ("arch", "unfrozen_blocks", "head_units", "cnn_width", "cnn_depth", "augment",
+HPARAM_NAMES = ("arch", "unfrozen_blocks", "head_units", "feature_views", "cnn_width", "cnn_depth", "augment",
                 "optimizer", "lr", "momentum", "batch_size", "dropout")
 
 
@@ -40,6 +41,8 @@ def define_space(space: Space, trial: Any) -> dict[str, Any]:
         _ask(trial, "unfrozen_blocks", space.unfrozen_blocks, constants)
     if arch.startswith("inception"):
         _ask(trial, "head_units", space.head_units, constants)
+    if arch == "inception_frozen":
+        _ask(trial, "feature_views", space.feature_views, constants)
     if arch == "small_cnn":
         _ask(trial, "cnn_width", space.cnn_width, constants)
         _ask(trial, "cnn_depth", space.cnn_depth, constants)

@@ -201,6 +201,10 @@ class Space:
     arch: Choice | str = Choice(*ARCH_CHOICES)
     unfrozen_blocks: IntRange | int = IntRange(1, 3)  # inception_partial only
     head_units: Choice | int = 128  # Inception only: hidden units of the head; 0 = one linear layer
+    # inception_frozen with ImageNet weights only: when augmenting, compute the backbone's
+    # features of this many augmented views of each image once, and train the head on them
+    # (0: augment and run the backbone every epoch). With augment = 0 features are always cached.
+    feature_views: Choice | int = 0
     cnn_width: Choice | int = Choice(16, 32, 64)  # small_cnn only: channels of the first conv
     cnn_depth: IntRange | int = IntRange(2, 4)  # small_cnn only: conv blocks
     augment: Uniform | float = Uniform(0.0, 1.0)
@@ -221,6 +225,7 @@ class Space:
                       f"one of {', '.join(OPTIMIZER_CHOICES)}")
         _check_bounds("Space.unfrozen_blocks", self.unfrozen_blocks, 1, INCEPTION_BLOCK_COUNT)
         _check_bounds("Space.head_units", self.head_units, 0, 4096)
+        _check_bounds("Space.feature_views", self.feature_views, 0, 64)
         _check_bounds("Space.cnn_width", self.cnn_width, 4, 512)
         _check_bounds("Space.cnn_depth", self.cnn_depth, 1, 6)
         _check_bounds("Space.augment", self.augment, 0.0, 1.0)

@@ -29,6 +29,7 @@ def test_conditional_parameters_appear_only_with_their_parent() -> None:
     for config in configs:
         assert ("unfrozen_blocks" in config) == (config["arch"] == "inception_partial")
         assert ("head_units" in config) == config["arch"].startswith("inception")
+        assert ("feature_views" in config) == (config["arch"] == "inception_frozen")
         assert ("cnn_width" in config) == (config["arch"] == "small_cnn")
         assert ("cnn_depth" in config) == (config["arch"] == "small_cnn")
         assert ("momentum" in config) == (config["optimizer"] == "sgd")
@@ -36,6 +37,9 @@ def test_conditional_parameters_appear_only_with_their_parent() -> None:
         assert lrs == [f"lr_{config['optimizer']}"]
     assert {c["arch"] for c in configs} == {"small_cnn", "inception_frozen", "inception_partial"}
     assert {c["optimizer"] for c in configs} == {"rmsprop", "adam", "sgd"}
+    searched = sample(Space(arch="inception_frozen", feature_views=Choice(0, 4)), n=30)
+    assert {c["feature_views"] for c in searched} == {0, 4}
+    assert hparams(searched[0])["feature_views"] in (0, 4)
 
 
 def test_samples_stay_inside_their_domains() -> None:
