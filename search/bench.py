@@ -1,13 +1,17 @@
 """Benchmark our data and training path against the classic tutorials' naive one, side by side.
 
-`python -m search.bench [--device cpu|cuda] [--quick] [--json FILE] [--images N] [--size-px PX]`
+`python -m search.bench [--device cpu|cuda] [--quick] [--json FILE] [--cases CASE ...] [--images N] [--size-px PX]`
 
 Generates a data set of JPEGs, then measures in one run: building and reusing our decoded
 cache, one epoch of data work the naive way (torchvision `ImageFolder`, PIL decode and
 augment per image, a `DataLoader`) and our way (uint8 cache, batched augment on the device),
-and per architecture a training step fed each way, plus the model alone (the ceiling). Every
-claim about speed should be a ratio between cases of one run: the machine is the same, its
-load is the same. No Ray here, so the figures are the data path's and the model's, not Tune's.
+and per architecture a training step fed each way, plus the model alone (the ceiling); then
+(`search.bench_cases`) the frozen-feature cache against running the backbone every epoch, and
+several training processes sharing the device against one alone. Every claim about speed
+should be a ratio between cases of one run: the machine is the same, its load is the same.
+No Ray in these, so the figures are the data path's and the model's, not Tune's; the
+`startup` case, asked for on its own, runs a tiny search on a local Ray and reports how long
+its trials took to start.
 """
 
 from __future__ import annotations
@@ -60,6 +64,11 @@ SIZE_PX = {"quick": 96, "full": 299}
 CPUS = len(os.sched_getaffinity(0))
 NAIVE = "naive"  # every baseline case has this word in its name; ratios are against them
 ONE_OFF = ("cache reuse", "cache load")  # not a pass over the data: no ratio to an epoch
+CASES = ("data", "train", "features", "sharing", "startup")
+IN_ALL = ("data", "train", "features", "sharing")  # startup starts Ray and runs a search: asked for by name
+SHARING = 4  # processes sharing the device: trials with gpus_per_worker=0.25
+SHARING_STEPS = 4  # x --batches steps per process: long enough that their start-up skew is noise
+STARTUP_TRIALS = 4
 
 
 def _sync(device: torch.device) -> None:
@@ -67,7 +76,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()  # CUDA work is queued: read the clock only once it has run
 
 
-def _record(case: str, rounds: list[tuple[int, float]], **fields: Any) -> Record:
+def record(case: str, rounds: list[tuple[int, float]], **fields: Any) -> Record:
     """The case's fastest round (noise from other processes only ever adds time), all rounds kept."""
     rates = [images / seconds for images, seconds in rounds]
     images, seconds = rounds[int(np.argmax(rates))]
@@ -155,7 +164,7 @@ def _every_epoch(epoch: Callable[[int], Batches]) -> Batches:
     return itertools.chain.from_iterable(map(epoch, itertools.count()))
 
 
-def _seconds(device: torch.device, work: Callable[[], int]) -> tuple[int, float]:
+def timed(device: torch.device, work: Callable[[], int]) -> tuple[int, float]:
     """(images, seconds) of `work()`, which returns how many images it handled."""
     _sync(device)
     started = time.perf_counter()
@@ -185,21 +194,21 @@ def data_cases(root: Path, size_px: int, device: torch.device, batch_size: int, 
         return sum(len(split.labels) for split in (loaded.train, loaded.val, loaded.test))
 
     def epoch(batches: Callable[[int], Batches]) -> Measure:
-        return lambda round_: _seconds(device, lambda: sum(len(labels) for _, labels in batches(round_)))
+        return lambda round_: timed(device, lambda: sum(len(labels) for _, labels in batches(round_)))
 
     def naive(workers: int) -> Measure:
         return epoch(lambda _: naive_batches(naive_loader(root, size_px, workers, batch_size), device))
 
     measures: dict[str, Measure] = {
-        "cache build: decode every JPEG once (cold)": lambda r: _seconds(cpu, lambda: prepare(r, reused=False)),
-        "cache reuse: content hash only": lambda r: _seconds(cpu, lambda: prepare(r, reused=True)),
-        "cache load: read the .npz": lambda r: _seconds(cpu, load),
+        "cache build: decode every JPEG once (cold)": lambda r: timed(cpu, lambda: prepare(r, reused=False)),
+        "cache reuse: content hash only": lambda r: timed(cpu, lambda: prepare(r, reused=True)),
+        "cache load: read the .npz": lambda r: timed(cpu, load),
         **{f"{NAIVE} data epoch: PIL decode + augment, DataLoader {w} workers": naive(w) for w in sorted({0, CPUS})},
         "cached data epoch: uint8 cache + batched augment":
             epoch(lambda r: cached_batches(arrays.train, batch_size, device, generator, r + 1)),
     }
     common = {"arch": None, "device": device.type, "size_px": size_px, "batch_size": batch_size}
-    return [_record(case, results, **common) for case, results in interleaved(measures, rounds).items()]
+    return [record(case, results, **common) for case, results in interleaved(measures, rounds).items()]
 
 
 def _model(arch: str, n_classes: int, device: torch.device, ours: bool) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -212,10 +221,10 @@ def _model(arch: str, n_classes: int, device: torch.device, ours: bool) -> tuple
     return model, create_optimizer(HP["optimizer"], trainable, HP["lr"], HP["momentum"])
 
 
-def _train(arch: str, n_classes: int, device: torch.device, ours: bool, timed_batches: int,
-           batches: Callable[[], Batches]) -> Measure:
+def train_measure(arch: str, n_classes: int, device: torch.device, ours: bool, timed_batches: int,
+                  batches: Callable[[], Batches], ready: Callable[[], object] = lambda: None) -> Measure:
     """A measure of `timed_batches` training steps, data included, each round after a warm-up
-    of its own (the naive loader's workers start anew each round)."""
+    of its own (the naive loader's workers start anew each round); `ready()` runs between the two."""
     model, optimizer = _model(arch, n_classes, device, ours)
     bf16 = ours and device.type == "cuda"
 
@@ -233,9 +242,19 @@ def _train(arch: str, n_classes: int, device: torch.device, ours: bool, timed_ba
         usable = (batch for batch in batches() if len(batch[1]) > 1)
         for inputs, labels in itertools.islice(usable, WARMUP_BATCHES):
             step(inputs, labels)
-        return _seconds(device, lambda: sum(itertools.starmap(step, itertools.islice(usable, timed_batches))))
+        ready()
+        return timed(device, lambda: sum(itertools.starmap(step, itertools.islice(usable, timed_batches))))
 
     return measure
+
+
+def fixed_batch(batch_size: int, size_px: int, n_classes: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch already on the device (channels-last on CUDA), to time the model with no data path."""
+    inputs = normalize(torch.rand(batch_size, 3, size_px, size_px, device=device))
+    if device.type == "cuda":
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs, torch.arange(batch_size, device=device) % n_classes
 
 
 def train_cases(root: Path, arch: str, size_px: int, device: torch.device, batch_size: int, timed_batches: int,
@@ -247,10 +266,7 @@ def train_cases(root: Path, arch: str, size_px: int, device: torch.device, batch
     precision = "bf16 + channels_last" if cuda else "fp32"
     generator = torch.Generator(device=device).manual_seed(0)
     ours = _every_epoch(lambda epoch: cached_batches(arrays.train, batch_size, device, generator, epoch))
-    inputs = normalize(torch.rand(batch_size, 3, size_px, size_px, device=device))
-    if cuda:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    fixed = (inputs, torch.arange(batch_size, device=device) % n_classes)
+    fixed = fixed_batch(batch_size, size_px, n_classes, device)
 
     def naive() -> Batches:
         loader = naive_loader(root, size_px, CPUS, batch_size, train=True)
@@ -258,14 +274,14 @@ def train_cases(root: Path, arch: str, size_px: int, device: torch.device, batch
 
     measures = {
         f"{NAIVE} train step: JPEG DataLoader {CPUS} workers + fp32":
-            _train(arch, n_classes, device, False, timed_batches, naive),
+            train_measure(arch, n_classes, device, False, timed_batches, naive),
         f"ours train step: uint8 cache + batched augment + {precision}":
-            _train(arch, n_classes, device, True, timed_batches, lambda: ours),
+            train_measure(arch, n_classes, device, True, timed_batches, lambda: ours),
         f"model only train step: inputs on the device, {precision}":
-            _train(arch, n_classes, device, True, timed_batches, lambda: itertools.repeat(fixed)),
+            train_measure(arch, n_classes, device, True, timed_batches, lambda: itertools.repeat(fixed)),
     }
     common = {"arch": arch, "device": device.type, "size_px": size_px, "batch_size": batch_size}
-    return [_record(case, results, **common) for case, results in interleaved(measures, rounds).items()]
+    return [record(case, results, **common) for case, results in interleaved(measures, rounds).items()]
 
 
 def add_ratios(records: list[Record]) -> list[Record]:
@@ -287,15 +303,17 @@ def add_ratios(records: list[Record]) -> list[Record]:
 
 def table(records: list[Record]) -> str:
     """The records as a fixed-width table, one row a case."""
-    head = f"{'case':<68} {'arch':<18} {'px':>4} {'images':>6} {'seconds':>8} {'images/s':>9} {'vs naive':>8} " \
-           f"{'of model-only':>13}"
+    head = f"{'case':<68} {'arch':<18} {'px':>4} {'images':>6} {'seconds':>8} {'images/s':>9} " \
+           f"{'vs baseline':>11} {'of model-only':>13}"
     rows = [head, "-" * len(head)]
     for r in records:
-        ratio = f"{r['ratio_vs_naive']:.2f}x" if "ratio_vs_naive" in r else ""
+        ratio = r.get("ratio_vs_naive", r.get("ratio_vs_baseline"))
         share = f"{r['fraction_of_model_only']:.0%}" if "fraction_of_model_only" in r else ""
-        rows.append(f"{r['case']:<68} {r['arch'] or '-':<18} {r['size_px']:>4} {r['images']:>6} "
-                    f"{r['seconds']:>8.2f} {r['images_per_s']:>9.1f} {ratio:>8} {share:>13}")
-    return "\n".join(rows)
+        rate = f"{r['images_per_s']:.1f}" if "images_per_s" in r else "-"  # startup: seconds only
+        rows.append(f"{r['case']:<68} {r['arch'] or '-':<18} {r['size_px']:>4} {r.get('images', '-'):>6} "
+                    f"{r['seconds']:>8.2f} {rate:>9} {'' if ratio is None else f'{ratio:.2f}x':>11} {share:>13}")
+    notes = sorted({r["note"] for r in records if r.get("note")})
+    return "\n".join(rows + [f"note: {note}" for note in notes])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -307,8 +325,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, help=f"JPEGs to generate (default {IMAGES['full']})")
     parser.add_argument("--size-px", type=int, help=f"size of the generated JPEGs and of the data cases (default "
                         f"{SIZE_PX['full']}); training uses each arch's usual size, or this one with --quick")
-    parser.add_argument("--cases", choices=("all", "data", "train"), default="all",
-                        help="data: cache and data epochs only; train: training steps only")
+    parser.add_argument("--cases", nargs="+", choices=("all", *CASES), default=["all"],
+                        help=f"any of: data (cache, data epochs), train (training steps), features (frozen-feature "
+                        f"cache), sharing (processes sharing the device), startup (trials' start under Ray); "
+                        f"all: {', '.join(IN_ALL)} (default)")
+    parser.add_argument("--sharing", type=int, default=SHARING, help=f"processes at once in the sharing case "
+                        f"(default {SHARING}), each running {SHARING_STEPS} x --batches steps")
+    parser.add_argument("--startup-trials", type=int, default=STARTUP_TRIALS,
+                        help=f"1-epoch trials of the startup case's search (default {STARTUP_TRIALS})")
     parser.add_argument("--batches", type=int, help=f"timed training steps per case and round (default "
                         f"{TIMED_BATCHES['full']})")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="each case runs once per round, in turn; "
@@ -323,13 +347,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, name, defaults[mode])
     for flag, value, low in (("--images", args.images, 16), ("--size-px", args.size_px, 16),
                              ("--batches", args.batches, 1), ("--rounds", args.rounds, 1),
-                             ("--batch-size", args.batch_size, 2)):
+                             ("--batch-size", args.batch_size, 2), ("--sharing", args.sharing, 2),
+                             ("--startup-trials", args.startup_trials, 1)):
         if value < low:
             parser.exit(2, f"error: {flag}: {value} is too small; at least {low}\n")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "error: --device: cuda is not available here; use --device cpu\n")
     if args.work and args.work.exists() and any(args.work.iterdir()):
         parser.exit(2, f"error: --work: {args.work} is not empty; give a new or empty folder\n")
+    args.cases = [case for case in CASES if case in args.cases or ("all" in args.cases and case in IN_ALL)]
     return args
 
 
@@ -349,21 +375,33 @@ def main(argv: list[str] | None = None) -> None:
     print(f"search.bench: {args.images} images at {args.size_px} px on {device.type}{gpu}, {CPUS} CPUs, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)", file=sys.stderr, flush=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="imagesearch-bench-"))
+    cases, cache = args.cases, work / "cache"
+    records: list[Record] = []
     try:
-        started = time.perf_counter()
-        root = generate(work / "coats", args.images, args.size_px)
-        print(f"  generated {args.images} JPEGs in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-        records = []
-        if args.cases in ("all", "data"):
-            records += data_cases(root, args.size_px, device, args.batch_size, work / "cache", args.rounds)
-        if args.cases in ("all", "train"):
+        if set(cases) - {"sharing"}:  # sharing needs no images
+            started = time.perf_counter()
+            root = generate(work / "coats", args.images, args.size_px)
+            print(f"  generated {args.images} JPEGs in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        if "data" in cases:
+            records += data_cases(root, args.size_px, device, args.batch_size, cache, args.rounds)
+        if "train" in cases:
             for arch in ARCHS:
                 records += train_cases(root, arch, train_size_px(arch, args), device, args.batch_size,
-                                       args.batches, work / "cache", args.rounds)
+                                       args.batches, cache, args.rounds)
+        add_ratios(records)
+        from search import bench_cases  # here, not above: it imports this module
+
+        if "features" in cases:
+            records += bench_cases.features_cases(root, train_size_px("inception_frozen", args), device,
+                                                  args.batch_size, cache, work, args.rounds)
+        if "sharing" in cases:
+            records += bench_cases.sharing_cases(train_size_px("small_cnn", args), device, args.batch_size,
+                                                 SHARING_STEPS * args.batches, args.sharing, args.rounds)
+        if "startup" in cases:
+            records += bench_cases.startup_cases(root, device, args.startup_trials, cache, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    add_ratios(records)
     print(table(records))
     if args.json:
         args.json.write_text(json.dumps(records, indent=1) + "\n")

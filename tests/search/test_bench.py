@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,15 +14,21 @@ from search import bench
 from tests.conftest import REPO, cli_env
 
 
-def test_quick_bench_measures_every_case_and_cleans_up(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *argv: str) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess]:
+    """`python -m search.bench --quick --device cpu ARGV` in a work folder of its own: its records and process."""
     work, out = tmp_path / "work", tmp_path / "bench.json"
-    # Tiny on purpose: this checks that every case runs and reports, not how fast (seconds on 2 cores).
-    tiny = ["--images", "64", "--size-px", "64", "--batches", "1", "--batch-size", "4", "--rounds", "2"]
-    proc = subprocess.run([sys.executable, "-m", "search.bench", "--quick", "--device", "cpu", *tiny,
+    proc = subprocess.run([sys.executable, "-m", "search.bench", "--quick", "--device", "cpu", *argv,
                            "--work", str(work), "--json", str(out)],
                           capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    records = json.loads(out.read_text())
+    assert not work.exists()
+    return json.loads(out.read_text()), proc
+
+
+def test_quick_bench_measures_every_case_and_cleans_up(tmp_path: Path) -> None:
+    # Tiny on purpose: this checks that every case runs and reports, not how fast (seconds on 2 cores).
+    records, proc = run_bench(tmp_path, "--images", "64", "--size-px", "64", "--batches", "1", "--batch-size", "4",
+                              "--rounds", "2", "--sharing", "2")
     assert records and all(r["case"] and r["images_per_s"] > 0 and r["images"] > 0 for r in records)
     assert all(len(r["images_per_s_rounds"]) == 2 and r["images_per_s"] == max(r["images_per_s_rounds"])
                for r in records)
@@ -30,11 +37,32 @@ def test_quick_bench_measures_every_case_and_cleans_up(tmp_path: Path) -> None:
     assert any("naive" in c and "data epoch" in c for c in cases)
     assert any(c.startswith("cache build") for c in cases) and any(c.startswith("cache reuse") for c in cases)
     for arch in bench.ARCHS:
-        mine = {r["case"].split(" train step")[0] for r in records if r["arch"] == arch}
+        mine = {r["case"].split(" train step")[0] for r in records if r["arch"] == arch and "train step" in r["case"]}
         assert mine == {"naive", "ours", "model only"}, arch
     assert all(r["ratio_vs_naive"] > 0 for r in records if r["case"].startswith("ours"))
-    assert "images/s" in proc.stdout and "vs naive" in proc.stdout
-    assert not work.exists()
+    assert not any(c.startswith("startup") for c in cases)  # Ray's case is asked for by name only
+
+    features = {r["case"]: r for r in records if r["case"].startswith("features:")}
+    assert set(features) == {"features: backbone every epoch", "features: cached, head only",
+                             "features: extraction (once)"}
+    assert all(r["arch"] == "inception_frozen" and r["baseline"] == "features: backbone every epoch"
+               for r in features.values())
+    # Even on 2 busy cores a head-only epoch is far cheaper than running Inception over every image.
+    assert features["features: cached, head only"]["ratio_vs_baseline"] > 2
+
+    sharing = [r for r in records if r["case"].startswith("sharing:")]
+    assert [r["processes"] for r in sharing] == [1, 2] and sharing[0]["ratio_vs_baseline"] == 1
+    assert sharing[1]["images"] == 2 * sharing[0]["images"] and sharing[1]["ratio_vs_baseline"] > 0
+    assert "images/s" in proc.stdout and "vs baseline" in proc.stdout and "note: sharing on a CPU" in proc.stdout
+
+
+def test_startup_case_reports_each_trials_start_from_a_real_search(tmp_path: Path) -> None:
+    records, proc = run_bench(tmp_path, "--cases", "startup", "--startup-trials", "2", "--images", "32",
+                              "--size-px", "32")
+    [startup] = records
+    assert startup["case"].startswith("startup") and startup["trials"] == 2 and len(startup["startup_s"]) == 2
+    assert 0 < startup["seconds_min"] <= startup["seconds"] <= startup["seconds_max"] < 120
+    assert "startup_s of 2 trials" in proc.stdout
 
 
 def test_bench_imports_no_ray() -> None:
@@ -43,11 +71,18 @@ def test_bench_imports_no_ray() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("argv, fragment", [(["--images", "3"], "--images"), (["--batches", "0"], "--batches")])
+@pytest.mark.parametrize("argv, fragment", [(["--images", "3"], "--images"), (["--batches", "0"], "--batches"),
+                                            (["--sharing", "1"], "--sharing")])
 def test_bad_arguments_are_one_line_exit_2(argv: list[str], fragment: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         bench.parse_args(argv)
     assert exit_info.value.code == 2 and capsys.readouterr().err.startswith(f"error: {fragment}")
+
+
+def test_all_means_every_case_but_startup_and_cases_combine() -> None:
+    assert bench.parse_args([]).cases == ["data", "train", "features", "sharing"]
+    assert bench.parse_args(["--cases", "startup", "features"]).cases == ["features", "startup"]
+    assert bench.parse_args(["--cases", "all", "startup"]).cases == list(bench.CASES)
 
 
 def test_a_non_empty_work_folder_is_refused(tmp_path: Path) -> None:
