@@ -4,9 +4,11 @@ In Ray 2.60, when Tune stops a trial (ASHA, or the end of a search), it kills th
 driver actor, but the Train V2 worker group's placement group stays reserved: only a
 cleaner that polls Ray's State API, served by the dashboard, would free it
 (ray-project/ray#54305). Without the dashboard the next trials wait for those CPUs forever.
-So every worker reports its placement group's id with its metrics, and this callback
-removes the group when its trial ends, whatever the user's dashboard setting. Removing a
-group that Train already removed is harmless.
+So every Train worker records its placement group's id under its trial's id in Ray's GCS
+key-value store when it starts (every attempt: Train makes a new group when it restarts
+failed workers, and a trial whose last attempt fails leaves that group behind too), and this
+callback removes the trial's groups when it ends, whatever the user's dashboard setting.
+Removing a group that Train already removed is harmless.
 
 That cleaner is itself a detached actor that polls the State API until its Train controller
 is dead; without the dashboard it polls forever, one idle process per stopped trial. So
@@ -24,9 +26,36 @@ from typing import Any
 
 from ray import tune
 
-from search.trial import PLACEMENT_GROUP_KEY
-
 logger = logging.getLogger(__name__)
+KV_NAMESPACE = "imagesearch"
+
+
+def _trial_prefix(trial_id: str) -> str:
+    import ray
+
+    return f"placement-groups/{ray.get_runtime_context().get_job_id()}/{trial_id}/"
+
+
+def register_placement_group(trial_id: str) -> None:
+    """In a Train worker: record the worker group's placement group as this trial's."""
+    import ray.util
+    from ray.experimental import internal_kv
+
+    group = ray.util.get_current_placement_group()
+    if group is not None:
+        internal_kv._internal_kv_put(_trial_prefix(trial_id) + group.id.hex(), b"", namespace=KV_NAMESPACE)
+
+
+def remove_trial_placement_groups(trial_id: str) -> int:
+    """Remove every placement group the trial's workers recorded; returns how many."""
+    from ray.experimental import internal_kv
+
+    prefix = _trial_prefix(trial_id)
+    keys = internal_kv._internal_kv_list(prefix, namespace=KV_NAMESPACE)
+    for key in keys:
+        remove_placement_group(key.decode().rsplit("/", 1)[1])
+    internal_kv._internal_kv_del(prefix, del_by_prefix=True, namespace=KV_NAMESPACE)
+    return len(keys)
 
 
 def remove_placement_group(group_hex: str) -> None:
@@ -115,15 +144,7 @@ def end_orphaned_cleaners(wait_s: float = 0.0) -> int:
 
 
 class PlacementGroupReaper(tune.Callback):
-    """Remembers each trial's worker placement group and removes it when the trial ends."""
-
-    def __init__(self) -> None:
-        self._groups: dict[str, str] = {}
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        group = result.get(PLACEMENT_GROUP_KEY)
-        if group:
-            self._groups[trial.trial_id] = group
+    """Removes a trial's worker placement groups when the trial ends, and orphaned cleaners."""
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._reap(trial)
@@ -135,7 +156,5 @@ class PlacementGroupReaper(tune.Callback):
         end_orphaned_cleaners(wait_s=30.0)
 
     def _reap(self, trial: Any) -> None:
-        group = self._groups.pop(trial.trial_id, None)
-        if group:
-            remove_placement_group(group)
+        remove_trial_placement_groups(trial.trial_id)
         end_orphaned_cleaners()  # those of trials stopped earlier; this one's controller may still run

@@ -20,8 +20,6 @@ from search.space import hparams
 
 STATE_FILE = "state.pt"
 BEST_STATE_KEY = "best_objective"
-# Reported with the metrics so the driver can free a stopped trial's workers (see cleanup.py).
-PLACEMENT_GROUP_KEY = "placement_group"
 # Fault injection for tests and drills: "<hyperparameter>=<value>:<epoch>" makes every trial
 # whose hyperparameter has that value raise when it reaches that epoch (read by the driver
 # process that builds the search, so it needs no restart of Ray).
@@ -71,8 +69,9 @@ def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: load the cached arrays, resume if a checkpoint exists, run `fit`."""
     import ray.train
     import ray.train.torch
-    import ray.util
     import torch
+
+    from search.cleanup import register_placement_group
 
     from trainables.loop import fit
 
@@ -85,9 +84,8 @@ def train_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    group = ray.util.get_current_placement_group()
-    extra = {PLACEMENT_GROUP_KEY: group.id.hex() if group else "",
-             "startup_s": time.time() - config["trial_started_at"]}
+    register_placement_group(config["trial_id"])  # so the driver can free it (search/cleanup.py)
+    extra = {"startup_s": time.time() - config["trial_started_at"]}
     objective, better = config["objective"], max if config["mode"] == "max" else min
     # Optuna is told a trial's best epoch, as the report ranks it, not its last (ASHA may stop
     # a trial just after a dip); kept in the checkpoint so a resumed trial remembers it.
@@ -123,7 +121,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     trial_id = tune.get_context().get_trial_id()
     # Not asdict(): it would deep-copy the data's ObjectRef.
     loop_config = {**{f.name: getattr(settings, f.name) for f in fields(settings)}, "hparams": {**hparams(config), "weights": settings.weights},
-                   "trial_started_at": time.time()}
+                   "trial_started_at": time.time(), "trial_id": trial_id}
     resources = {"CPU": settings.cpus_per_worker}
     if settings.gpus_per_worker:
         resources["GPU"] = settings.gpus_per_worker

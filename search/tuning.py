@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 from ray import tune
@@ -21,6 +22,9 @@ from search.spec import Experiment, SpecError
 from search.storage import Output
 from search.trial import TrialSettings, best_metric, run_trial
 from trainables.data import ArrayData
+
+if TYPE_CHECKING:
+    import optuna
 
 TUNE_DIR = "tune"
 TRAIN_DIR = "train"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,20 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     server.terminate()
     server.wait(timeout=10)
     log.close()
+
+
+CLUSTER_SINGLETONS = {"_AutoscalingCoordinatorActor"}
+
+
+def leftovers(ray) -> tuple[list, list]:
+    """Placement groups not removed and actors alive, from Ray's GCS (no dashboard needed)."""
+    from ray._private import state
+
+    deadline = time.monotonic() + 30
+    while True:
+        groups = [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+        actors = [a["ActorClassName"] for a in state.actors().values()
+                  if a["State"] != "DEAD" and a["ActorClassName"] not in CLUSTER_SINGLETONS]
+        if not (groups or actors) or time.monotonic() > deadline:
+            return groups, actors
+        time.sleep(1)

@@ -17,7 +17,7 @@ import ray
 from ray.util import state
 
 from search.run import RAY_JOB_ENV, main
-from tests.search.test_search import CLUSTER_SINGLETONS
+from tests.conftest import CLUSTER_SINGLETONS
 
 if __name__ == "__main__":
     context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from search.run import main
-from tests.conftest import write_experiment
+from tests.conftest import leftovers, write_experiment
 
 LONG_TRIAL = """
 name="faults",
@@ -83,3 +83,6 @@ def test_a_trial_that_raises_ends_as_error_and_the_search_goes_on(ray_session, c
     others = report[report["recipe"] != 1]
     assert (others["status"] != "error").all() and others["epochs"].min() >= 1
     assert (out / "best" / "meta.json").is_file()
+    # every attempt's workers were freed: Train's retries make a new placement group each
+    groups, actors = leftovers(ray_session)
+    assert groups == [] and actors == []

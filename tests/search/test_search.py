@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +12,7 @@ import pytest
 
 from search import load_best
 from search.run import main
-from tests.conftest import cli_env, write_experiment
+from tests.conftest import cli_env, leftovers, write_experiment
 
 # Six trials, two fit at once. The first two recipes learn; the four after them barely move
 # (lr 1e-6), so ASHA, comparing them at its rungs with the first two, must stop some.
@@ -33,23 +32,6 @@ resources=Resources(workers=1, cpus_per_worker=1),
 
 # Ray Data's coordinator: one detached, restartable actor per cluster, shared by every job
 # and meant to outlive them (get_if_exists); not something a search owns.
-CLUSTER_SINGLETONS = {"_AutoscalingCoordinatorActor"}
-
-
-def leftovers(ray) -> tuple[list, list]:
-    """Placement groups not removed and actors alive, from Ray's GCS (no dashboard needed)."""
-    from ray._private import state
-
-    deadline = time.monotonic() + 30
-    while True:
-        groups = [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
-        actors = [a["ActorClassName"] for a in state.actors().values()
-                  if a["State"] != "DEAD" and a["ActorClassName"] not in CLUSTER_SINGLETONS]
-        if not (groups or actors) or time.monotonic() > deadline:
-            return groups, actors
-        time.sleep(1)
-
-
 @pytest.fixture(scope="module")
 def asha_run(ray_session, coats: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
     folder = tmp_path_factory.mktemp("asha")
