@@ -10,7 +10,6 @@ aside and renamed into place, so a crash never leaves half of it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -28,12 +27,12 @@ import torch
 from torch import nn
 
 from search.onnx_export import ONNX_FILE, export_onnx
-from trainables.data import decode, is_image_file
+from search.report import json_default
+from trainables.data import decode, file_sha256, is_image_file
 from trainables.loop import MEAN, STD, default_device, predict_logits
 from trainables.models import create_model
 
 BEST_DIR = "best"
-STATE_FILE = "state.pt"  # inside a trial's checkpoint (search/trial.py writes it)
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
 REEXPORT = "tampered or partial export; re-run the search or re-export"
@@ -81,8 +80,8 @@ def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: 
             print(f"warning: {out / BEST_DIR / ONNX_FILE} not written ({meta['onnx']['error']}); model.pt is "
                   f"complete; details in {out / BEST_DIR / meta['onnx']['log']}", file=sys.stderr, flush=True)
         listed = [MODEL_FILE] + ([meta["onnx"]["file"]] if "file" in meta["onnx"] else [])
-        meta["files"] = {name: _sha256(staging / name) for name in listed}
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=_jsonable))
+        meta["files"] = {name: file_sha256(staging / name) for name in listed}
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=json_default))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -106,20 +105,6 @@ def _versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
     return versions
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} in meta.json")
 
 
 @dataclass
@@ -203,7 +188,7 @@ def read_meta(out: str | Path) -> dict[str, Any]:
         path = folder / name
         if not path.is_file():
             raise ExportError(f"{path}: missing; {REEXPORT}")
-        if _sha256(path) != expected:
+        if file_sha256(path) != expected:
             raise ExportError(f"{path}: sha256 differs from meta.json's; {REEXPORT}")
     return meta
 

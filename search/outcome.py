@@ -19,6 +19,7 @@ from search.report_page import build
 from search.space import hparams, recipe_points
 from search.spec import Experiment
 from search.storage import Output, load_state
+from search.trial import STATE_FILE
 from search.tuning import STUDY_FILE
 from trainables.data import ArrayData
 from trainables.loop import default_device, predict_logits
@@ -95,7 +96,7 @@ def _export_best(best: pd.Series, run: report.StoredRun, experiment: Experiment,
     hp = {**hparams(config), "weights": experiment.weights}
     metrics = {k: float(best[k]) for k in ("val_acc", "val_loss", "train_acc", "train_loss")}
     metrics["epochs_run"] = int(best["epochs"])
-    state = load_state(output, best["checkpoint_path"], export.STATE_FILE)
+    state = load_state(output, best["checkpoint_path"], STATE_FILE)
     model = export.build_model(arrays.classes, hp, state["model"])
     # test/ is used once, here, for the chosen model only: it never steers the search.
     predictions, test_loss = _evaluate_on_test(model, arrays)

@@ -203,17 +203,18 @@ def grid_indices(predictions: pd.DataFrame, count: int = 25) -> np.ndarray:
     return np.asarray(sorted(chosen), dtype=np.int64)
 
 
-def _jsonable(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """`json.dumps(default=...)` for NumPy scalars (metrics and configs hold them)."""
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} in {INPUTS_FILE}")
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
 
 
 def store(out: Path, run: StoredRun) -> None:
     """Write what `load` reads back into `out` (see the module docstring for the files)."""
     run.history.to_parquet(out / HISTORY_FILE, index=False)
     inputs = {"facts": asdict(run.facts), "trials": [asdict(t) for t in run.trials], "best": run.best}
-    (out / INPUTS_FILE).write_text(json.dumps(inputs, indent=2, default=_jsonable) + "\n")
+    (out / INPUTS_FILE).write_text(json.dumps(inputs, indent=2, default=json_default) + "\n")
     for stale in (PREDICTIONS_FILE, GRID_FILE):  # a resumed search may end without a model
         (out / stale).unlink(missing_ok=True)
     if run.predictions is not None:

@@ -82,7 +82,7 @@ class Output:
             if not self.exists(name):
                 raise FileNotFoundError(f"{self.display(name)}: not found")
             shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True)
+            target.mkdir(parents=True)  # the local filesystem wants it first
             pafs.copy_files(f"{self.path}/{name}", str(target), source_filesystem=self.filesystem,
                             destination_filesystem=pafs.LocalFileSystem())
         return target
@@ -94,13 +94,10 @@ class Output:
         for info in self.filesystem.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
             if info.base_name in RAY_DIRS:
                 continue
-            target = self.local / info.base_name
             if info.type == pafs.FileType.Directory:
-                target.mkdir(parents=True, exist_ok=True)  # the local filesystem wants it first
-                pafs.copy_files(info.path, str(target), source_filesystem=self.filesystem,
-                                destination_filesystem=pafs.LocalFileSystem())
+                self.fetch(info.base_name)
             else:
-                target.write_bytes(self.read_bytes(info.path))
+                (self.local / info.base_name).write_bytes(self.read_bytes(info.path))
 
 
 def open_output(out: str, work_root: Path) -> Output:

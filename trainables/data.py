@@ -189,15 +189,19 @@ def _decode_all(items: list[tuple[Path, int]], size_px: int, skipped: list[tuple
     return Split(array, np.asarray(labels, dtype=np.int64), tuple(paths))
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _fingerprint(found: Scan, size_px: int, val_fraction: float, seed: int) -> str:
     # Content, not modification times: a copied or touched folder keeps its cache, an
     # edited picture gets a new one. Hashing is ~100x cheaper than decoding.
     digest = hashlib.sha256(f"{CACHE_VERSION}|{size_px}|{val_fraction}|{seed}".encode())
     for split, items in found.files.items():
         for path, label in items:
-            with open(path, "rb") as f:
-                content = hashlib.file_digest(f, "sha256").hexdigest()
-            digest.update(f"{split}|{path}|{label}|{content}\n".encode())
+            digest.update(f"{split}|{path}|{label}|{file_sha256(path)}\n".encode())
     digest.update(repr(found.ignored).encode())
     return digest.hexdigest()[:16]
 
