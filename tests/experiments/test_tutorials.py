@@ -67,9 +67,9 @@ def test_smoke_runs_on_a_stand_in_with_the_tutorials_classes(name: str, torch_ho
     assert first["param.arch"] == recipe["arch"] and first["param.lr"] == pytest.approx(recipe["lr"])
 
 
-def _check(data: Path, out: Path) -> subprocess.CompletedProcess:
+def _check(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "search.run", str(REPO / "experiments" / "cats_vs_dogs.py"),
-                           "--check", "--data", str(data), "--out", str(out)],
+                           "--check", "--data", str(data), "--out", str(out), *extra],
                           capture_output=True, text=True, env=cli_env(), cwd=out.parent, timeout=300)
 
 
@@ -95,6 +95,10 @@ def test_check_reports_the_data_without_training_and_a_second_run_reuses_the_cac
     again = _check(data, tmp_path / "another-out")
     assert again.returncode == 0 and "reused the decoded cache" in again.stdout
     assert pd.read_csv(tmp_path / "another-out" / "data_report.csv").equals(report)
+
+    elsewhere = _check(data, tmp_path / "third-out", "--cache", str(tmp_path / "my-cache"))
+    assert elsewhere.returncode == 0 and "decoded into the cache" in elsewhere.stdout
+    assert [p.suffix for p in (tmp_path / "my-cache").iterdir()] == [".npz"]  # --cache is where it went
 
 
 def test_a_picture_in_train_and_test_is_reported_as_leakage(tmp_path: Path) -> None:
