@@ -13,11 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, SUMMARY_FILE, TUNE_DIR
 from search.spec import Experiment, SpecError, load_experiment, replace
-from search.data_report import data_report, leakage_warning
+from search.datasets.report import data_report, leakage_warning
 from search.storage import Output, open_output
 from trainables import data
-from trainables.leakage import find_leakage
+from search.datasets.leakage import find_leakage
 from trainables.models import WeightsUnavailable
 
 EXIT_USAGE = 2
@@ -76,8 +77,6 @@ def apply_overrides(experiment: Experiment, args: argparse.Namespace) -> Experim
 
 def _output(experiment: Experiment, args: argparse.Namespace) -> Output:
     """`--out` opened (a folder or a URI), refused when it holds a search and --resume is not given."""
-    from search.tuning import TUNE_DIR
-
     output = open_output(args.out or str(Path("results") / experiment.name), _cache_dir(args))
     if output.exists(TUNE_DIR) and not (args.resume or args.check):
         raise SpecError("--out", output.display(), "holds an earlier search: add --resume to continue it, "
@@ -95,7 +94,7 @@ def _cache_dir(args: argparse.Namespace) -> Path:
 def _data_folder(experiment: Experiment) -> Path:
     folder = Path(experiment.data).expanduser().resolve()
     if experiment.generate and not folder.exists():
-        from trainables.synthetic import GENERATORS, ensure_generated
+        from search.datasets.generated import GENERATORS, ensure_generated
 
         if experiment.generate not in GENERATORS:
             raise SpecError("Experiment.generate", experiment.generate, f"one of {', '.join(GENERATORS)}")
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(data.summary(arrays, folder) + f"\n  ({how} {cache.path} in {time.perf_counter() - started:.1f} s)",
               flush=True)
         leaks = find_leakage(arrays)
-        data_report(arrays, leaks, folder).to_csv(out / "data_report.csv", index=False)
+        data_report(arrays, leaks, folder).to_csv(out / DATA_REPORT_FILE, index=False)
         if leaks:
             print(leakage_warning(leaks), flush=True)
     except USER_ERRORS as err:
@@ -160,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         output.upload()
         return 0
-    (out / "experiment.txt").write_text(repr(experiment) + "\n")
+    (out / EXPERIMENT_FILE).write_text(repr(experiment) + "\n")
     output.upload()
 
     from search import tuning
-    from search.outcome import finish
+    from search.finish import finish
 
     dashboard = _start_ray(args.address)
     if dashboard:
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = tuning.search(experiment, output, arrays, the_plan, resume=args.resume)
     summary = finish(grid, experiment, arrays, output)
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     output.upload()
     return 0
 

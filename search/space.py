@@ -1,12 +1,11 @@
-"""The search space as an Optuna define-by-run function, and the trial config it yields.
+"""The search space as an Optuna define-by-run function, and the `HParams` each sample resolves to.
 
-Conditional parameters are only asked for when their parent makes them matter:
-`unfrozen_blocks` for `inception_partial`, `head_units` for either Inception,
-`feature_views` for `inception_frozen`,
-`cnn_width`/`cnn_depth` for `small_cnn`,
-`momentum` for `sgd`, and one learning rate per optimizer (`lr_<optimizer>`), so TPE
-models each optimizer's learning rate on its own. Pinned parameters are returned as
-constants, which Ray Tune merges into the trial's config.
+Conditional parameters are only asked for when their parent makes them matter: each
+architecture's own ones (its `searches` in `trainables.archs.ARCHS`: `cnn_width`/`cnn_depth`
+for `small_cnn`, `unfrozen_blocks` for a partly unfrozen backbone, ...), `momentum` for
+`sgd`, and one learning rate per optimizer (`lr_<optimizer>`), so TPE models each
+optimizer's learning rate on its own. Pinned parameters are returned as constants, which
+Ray Tune merges into the trial's config.
 """
 
 from __future__ import annotations
@@ -16,10 +15,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from search.spec import Choice, Experiment, IntRange, LogUniform, Space, SpecError, Uniform
-
-# Hyperparameters every trial config resolves to; conditional ones are None when unused.
-HPARAM_NAMES = ("arch", "unfrozen_blocks", "head_units", "feature_views", "cnn_width", "cnn_depth", "augment",
-                "optimizer", "lr", "momentum", "batch_size", "dropout")
+from trainables.archs import ARCHS
+from trainables.hparams import HParams
 
 
 def _ask(trial: Any, name: str, domain: Any, constants: dict[str, Any]) -> Any:
@@ -37,15 +34,8 @@ def define_space(space: Space, trial: Any) -> dict[str, Any]:
     """Ask `trial` (an Optuna trial) for one configuration; returns the pinned constants."""
     constants: dict[str, Any] = {}
     arch = _ask(trial, "arch", space.arch, constants)
-    if arch == "inception_partial":
-        _ask(trial, "unfrozen_blocks", space.unfrozen_blocks, constants)
-    if arch.startswith("inception"):
-        _ask(trial, "head_units", space.head_units, constants)
-    if arch == "inception_frozen":
-        _ask(trial, "feature_views", space.feature_views, constants)
-    if arch == "small_cnn":
-        _ask(trial, "cnn_width", space.cnn_width, constants)
-        _ask(trial, "cnn_depth", space.cnn_depth, constants)
+    for name in ARCHS[arch].searches:
+        _ask(trial, name, getattr(space, name), constants)
     _ask(trial, "augment", space.augment, constants)
     optimizer = _ask(trial, "optimizer", space.optimizer, constants)
     _ask(trial, f"lr_{optimizer}", space.lr[optimizer], constants)
@@ -61,11 +51,15 @@ def space_function(space: Space) -> Callable[[Any], dict[str, Any]]:
     return functools.partial(define_space, space)
 
 
-def hparams(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Resolve a trial config (Optuna's parameter names) to the trainables' hyperparameters."""
-    resolved = {name: config.get(name) for name in HPARAM_NAMES}
-    resolved["lr"] = config[f"lr_{config['optimizer']}"]
-    return resolved
+def hparams(config: Mapping[str, Any], weights: str) -> HParams:
+    """Resolve a trial config (Optuna's parameter names) to the trainables' hyperparameters;
+    parameters the drawn architecture or optimizer does not use stay None."""
+    arch, optimizer = config["arch"], config["optimizer"]
+    used = {*ARCHS[arch].searches, *(("momentum",) if optimizer == "sgd" else ())}
+    conditional = {name: config.get(name) for name in ("unfrozen_blocks", "head_units", "feature_views",
+                                                        "cnn_width", "cnn_depth", "momentum") if name in used}
+    return HParams(arch=arch, optimizer=optimizer, lr=config[f"lr_{optimizer}"], batch_size=config["batch_size"],
+                   augment=config["augment"], dropout=config["dropout"], weights=weights, **conditional)
 
 
 def _domain_of(space: Space, name: str, optimizer: str | None) -> Any:

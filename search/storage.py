@@ -18,8 +18,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-# Written by Ray straight to the destination, never through the local working folder.
-RAY_DIRS = ("tune", "train")
+from search.files import RAY_DIRS
+
 
 
 @dataclass(frozen=True)

@@ -12,38 +12,24 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from search.files import STATE_FILE
 from search.space import hparams
+from trainables.hparams import HParams
 
-STATE_FILE = "state.pt"
 BEST_STATE_KEY = "best_objective"
-# Fault injection for tests and drills: "<hyperparameter>=<value>:<epoch>" makes every trial
-# whose hyperparameter has that value raise when it reaches that epoch (read by the driver
-# process that builds the search, so it needs no restart of Ray).
-FAULT_ENV = "IMAGESEARCH_INJECT_FAULT"
+# Called in the worker after every epoch, before its report: a test hands one in to make a
+# trial fail at a chosen moment (the service itself passes none).
+EpochHook = Callable[[HParams, dict[str, float]], None]
 
 
 def best_metric(objective: str) -> str:
     """The name of the running best of `objective` that each report carries (Optuna learns from it)."""
     return f"best_{objective}"
-
-
-class InjectedFault(RuntimeError):
-    """The failure `IMAGESEARCH_INJECT_FAULT` asked for."""
-
-
-def injected_fault(fault: str, hp: dict[str, Any], epoch: int) -> InjectedFault | None:
-    """The error to raise now, if `fault` targets this trial at this epoch."""
-    if not fault:
-        return None
-    target, _, at_epoch = fault.rpartition(":")
-    name, _, value = target.partition("=")
-    if name in hp and str(hp[name]) == value and epoch == int(at_epoch):
-        return InjectedFault(f"injected fault at epoch {epoch} ({FAULT_ENV}={fault})")
-    return None
 
 
 @dataclass(frozen=True)
@@ -62,7 +48,7 @@ class TrialSettings:
     mode: str
     keep_checkpoints: int = 2
     max_failures: int = 2
-    fault: str = field(default_factory=lambda: os.environ.get(FAULT_ENV, ""))
+    on_epoch: EpochHook | None = None
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -71,7 +57,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from search.cleanup import register_placement_group
+    from search.reaper import register_placement_group
 
     from trainables.loop import fit
 
@@ -84,7 +70,7 @@ def train_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    register_placement_group(config["trial_id"])  # so the driver can free it (search/cleanup.py)
+    register_placement_group(config["trial_id"])  # so the driver can free it (search/reaper.py)
     extra = {"startup_s": time.time() - config["trial_started_at"]}
     objective, better = config["objective"], max if config["mode"] == "max" else min
     # Optuna is told a trial's best epoch, as the report ranks it, not its last (ASHA may stop
@@ -92,9 +78,8 @@ def train_worker(config: dict[str, Any]) -> None:
     best = {"value": state.get(BEST_STATE_KEY) if state else None}
 
     def report(metrics: dict[str, float], run_state: dict[str, Any]) -> None:
-        fault = injected_fault(config["fault"], config["hparams"], metrics["epoch"])
-        if fault:
-            raise fault
+        if config["on_epoch"] is not None:
+            config["on_epoch"](config["hparams"], metrics)
         value = metrics[objective]
         best["value"] = value if best["value"] is None else better(best["value"], value)
         run_state = {**run_state, BEST_STATE_KEY: best["value"]}
@@ -120,7 +105,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     # Not asdict(): it would deep-copy the data's ObjectRef.
-    loop_config = {**{f.name: getattr(settings, f.name) for f in fields(settings)}, "hparams": {**hparams(config), "weights": settings.weights},
+    loop_config = {**{f.name: getattr(settings, f.name) for f in fields(settings)}, "hparams": hparams(config, settings.weights),
                    "trial_started_at": time.time(), "trial_id": trial_id}
     resources = {"CPU": settings.cpus_per_worker}
     if settings.gpus_per_worker:

@@ -16,7 +16,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from search.cleanup import PlacementGroupReaper
+from search.files import STUDY_FILE, TRAIN_DIR, TUNE_DIR
+from search.reaper import PlacementGroupReaper
 from search.space import recipe_points, space_function
 from search.spec import Experiment, SpecError
 from search.storage import Output
@@ -26,10 +27,6 @@ from trainables.data import ArrayData
 if TYPE_CHECKING:
     import optuna
 
-TUNE_DIR = "tune"
-TRAIN_DIR = "train"
-# The Optuna study, in SQLite: `optuna-dashboard sqlite:///OUT/optuna.db` opens it.
-STUDY_FILE = "optuna.db"
 # The trial driver only waits on its Train job: it asks for memory, not a CPU, so a trial
 # with one 1-CPU worker really fits on one CPU (Ray refuses an all-zero request).
 DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}

@@ -25,7 +25,7 @@ def decoded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def coats(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The quickstart's generated data set, small: 4 classes x 16 train / 4 test, 64 px."""
-    from trainables.synthetic import generate_coats
+    from search.datasets.generated import generate_coats
 
     return generate_coats(tmp_path_factory.mktemp("data") / "coats", train_per_class=16,
                           test_per_class=4, size_px=64, seed=1)

@@ -18,7 +18,8 @@ from torch import nn
 
 from trainables.augment import augment
 from trainables.data import ArrayData, Split
-from trainables.models import InceptionClassifier, create_model
+from trainables.hparams import HParams
+from trainables.models import BackboneClassifier, create_model
 from trainables.optimizers import create_optimizer
 
 # ImageNet statistics: what torchvision's Inception weights expect; used for every arch so
@@ -84,8 +85,8 @@ def evaluate(model: nn.Module, split: Split, device: torch.device) -> tuple[floa
 
 def frozen_backbone(model: nn.Module) -> nn.Module | None:
     """The model's backbone if training can never change its outputs (every block frozen and
-    kept in eval mode: Inception with ImageNet weights and no unfrozen block), else None."""
-    if isinstance(model, InceptionClassifier) and len(model.frozen) == len(list(model.backbone.children())):
+    kept in eval mode: a backbone with ImageNet weights and no unfrozen block), else None."""
+    if isinstance(model, BackboneClassifier) and model.frozen:
         return model.backbone
     return None
 
@@ -104,25 +105,25 @@ class FeatureCache:
         return self.train[views, torch.as_tensor(idx, device=self.train.device)]
 
     @torch.no_grad()
-    def evaluate(self, model: InceptionClassifier, labels: np.ndarray) -> tuple[float, float]:
+    def evaluate(self, model: BackboneClassifier, labels: np.ndarray) -> tuple[float, float]:
         """(loss, accuracy) of `model` on the val images: its head on their cached features."""
         model.eval()
         with _autocast(self.val.device):
             return _loss_and_accuracy(model.head(self.val).float().cpu(), labels)
 
 
-def cache_features(model: nn.Module, data: ArrayData, hp: dict[str, Any], device: torch.device,
+def cache_features(model: nn.Module, data: ArrayData, hp: HParams, device: torch.device,
                    seed: int) -> FeatureCache | None:
     """The backbone's features of every train and val image, when they stay valid for the
-    whole run: a frozen backbone, and no augmentation or `hp["feature_views"]` augmented views
+    whole run: a frozen backbone, and no augmentation or `hp.feature_views` augmented views
     of each train image (reused in every epoch instead of fresh ones); else None."""
     backbone = frozen_backbone(model)
-    views = 1 if hp["augment"] == 0 else int(hp.get("feature_views") or 0)
+    views = 1 if hp.augment == 0 else int(hp.feature_views or 0)
     if backbone is None or views == 0:
         return None
     # Seeds seed * 100_003 - view are never an epoch's augmentation seed (those add epoch >= 1).
     generators = [torch.Generator(device=device).manual_seed(seed * 100_003 - view) for view in range(views)]
-    train = torch.stack([torch.cat(list(_outputs(backbone, data.train.images, device, hp["augment"], generator)))
+    train = torch.stack([torch.cat(list(_outputs(backbone, data.train.images, device, hp.augment, generator)))
                          for generator in generators])
     return FeatureCache(train, torch.cat(list(_outputs(backbone, data.val.images, device))))
 
@@ -149,11 +150,11 @@ def on_device(images: np.ndarray, device: torch.device, max_fraction: float = 0.
     return torch.from_numpy(np.ascontiguousarray(images).copy()).to(device)
 
 
-def fit(hp: dict[str, Any], data: ArrayData, max_epochs: int, report: ReportFn, *,
+def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         state: dict[str, Any] | None = None, device: torch.device | None = None, seed: int = 0,
         rank: int = 0, world_size: int = 1,
         prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m, feature_cache: bool = True) -> nn.Module:
-    """Train `hp["arch"]` on `data.train`, validate on `data.val`, report every epoch.
+    """Train `hp.arch` on `data.train`, validate on `data.val`, report every epoch.
 
     `state` (a previous report's) resumes after its epoch. `prepare_model` lets Ray Train
     move and wrap the model (DDP); with several workers each trains on its shard of the data.
@@ -166,8 +167,8 @@ def fit(hp: dict[str, Any], data: ArrayData, max_epochs: int, report: ReportFn, 
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    optimizer = create_optimizer(hp["optimizer"], [p for p in model.parameters() if p.requires_grad],
-                                 hp["lr"], hp.get("momentum"))
+    optimizer = create_optimizer(hp.optimizer, [p for p in model.parameters() if p.requires_grad],
+                                 hp.lr, hp.momentum)
     first_epoch, train_time_s = 1, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -177,7 +178,7 @@ def fit(hp: dict[str, Any], data: ArrayData, max_epochs: int, report: ReportFn, 
     features = cache_features(model, data, hp, device, seed) if feature_cache else None
     train_time_s += time.perf_counter() - started  # the backbone's one pass is part of training's cost
     wrapped = prepare_model(model if features is None else model.head)
-    batch_size = int(hp["batch_size"])
+    batch_size = int(hp.batch_size)
     train_images = on_device(data.train.images, device) if features is None else None
 
     for epoch in range(first_epoch, max_epochs + 1):
@@ -194,7 +195,7 @@ def fit(hp: dict[str, Any], data: ArrayData, max_epochs: int, report: ReportFn, 
             if len(idx) < 2 and seen:  # batch norm cannot train on a single image
                 continue
             if features is None:
-                inputs = normalize(augment(to_input(train_images[idx], device), hp["augment"], augment_rng))
+                inputs = normalize(augment(to_input(train_images[idx], device), hp.augment, augment_rng))
             else:
                 inputs = features.train_batch(idx, rng)
             labels = torch.as_tensor(data.train.labels[idx], device=device)
@@ -209,7 +210,7 @@ def fit(hp: dict[str, Any], data: ArrayData, max_epochs: int, report: ReportFn, 
             seen += len(idx)
         loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], device)
         if not np.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch} (lr {hp['lr']:g}): diverged")
+            raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch} (lr {hp.lr:g}): diverged")
         if features is None:
             val_loss, val_acc = evaluate(model, data.val, device)
         else:

@@ -21,7 +21,7 @@ import torch
 from search.space import recipe_points
 from search.spec import load_experiment
 from tests.conftest import REPO, cli_env
-from trainables.synthetic import generate_coats
+from search.datasets.generated import generate_coats
 
 TUTORIALS = {
     "carnivores": ("cheetah", "hyena", "jaguar", "tiger"),

@@ -25,12 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from search.space import HPARAM_NAMES, hparams
+from search.files import GRID_FILE, HISTORY_FILE, INPUTS_FILE, PREDICTIONS_FILE, REPORT_CSV, REPORT_PARQUET, write_json
+from search.space import hparams
+from trainables.hparams import SEARCHED
 
-INPUTS_FILE = "report_inputs.json"
-HISTORY_FILE = "history.parquet"
-PREDICTIONS_FILE = "test_predictions.csv"
-GRID_FILE = "test_grid.npz"
 EXIT_USAGE = 2
 COLUMNS = ("trial_id", "trial_number", "recipe", "status", "epochs", "val_acc", "val_loss", "train_acc", "train_loss",
            "train_time_s", "startup_s", "error")
@@ -73,8 +71,9 @@ def trial_row(trial_id: str, trial_number: int, config: dict[str, Any], history:
         row.update(epochs=int(history["epoch"].max()), train_time_s=float(history["train_time_s"].max()),
                    startup_s=float(history["startup_s"].iloc[0]), checkpoint_path=best.get("checkpoint_path"))
     row["status"] = _status(error, row["epochs"], max_epochs)
-    params = hparams(config) if "optimizer" in config else {}
-    for name in HPARAM_NAMES:
+    # The backbone's weights are the experiment's, not a searched column: any value resolves the rest.
+    params = hparams(config, weights="none").to_dict() if "optimizer" in config else {}
+    for name in SEARCHED:
         row[f"param.{name}"] = params.get(name)
     return row
 
@@ -99,10 +98,10 @@ def param_columns(frame: pd.DataFrame, varied: bool) -> list[str]:
 def save(frame: pd.DataFrame, out: Path) -> None:
     """Write `report.csv` and `report.parquet` into `out` (without internal columns)."""
     public = frame.drop(columns=["checkpoint_path"], errors="ignore")
-    public.to_csv(out / "report.csv", index=False)
+    public.to_csv(out / REPORT_CSV, index=False)
     # Parquet wants one type per column; parameters mix None with numbers or strings.
     public.astype({c: "string" for c in public.columns if public[c].dtype == object}).to_parquet(
-        out / "report.parquet", index=False)
+        out / REPORT_PARQUET, index=False)
 
 
 def render(frame: pd.DataFrame) -> str:
@@ -214,7 +213,7 @@ def store(out: Path, run: StoredRun) -> None:
     """Write what `load` reads back into `out` (see the module docstring for the files)."""
     run.history.to_parquet(out / HISTORY_FILE, index=False)
     inputs = {"facts": asdict(run.facts), "trials": [asdict(t) for t in run.trials], "best": run.best}
-    (out / INPUTS_FILE).write_text(json.dumps(inputs, indent=2, default=json_default) + "\n")
+    write_json(out / INPUTS_FILE, inputs)
     for stale in (PREDICTIONS_FILE, GRID_FILE):  # a resumed search may end without a model
         (out / stale).unlink(missing_ok=True)
     if run.predictions is not None:
@@ -258,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     except MissingRun as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    from search.report_page import build  # the page imports this module's table
+    from search.report.page import build  # the page imports this module's table
 
     page = build(Path(args.out), run)
     print(f"Report: {page}")

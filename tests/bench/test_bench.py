@@ -1,4 +1,4 @@
-"""`python -m search.bench` as a user runs it, on a tiny generated data set."""
+"""`python -m bench` as a user runs it, on a tiny generated data set."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from search import bench
+import bench.__main__ as bench
 from tests.conftest import REPO, cli_env
 
 
 def run_bench(tmp_path: Path, *argv: str) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess]:
-    """`python -m search.bench --quick --device cpu ARGV` in a work folder of its own: its records and process."""
+    """`python -m bench --quick --device cpu ARGV` in a work folder of its own: its records and process."""
     work, out = tmp_path / "work", tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "search.bench", "--quick", "--device", "cpu", *argv,
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--device", "cpu", *argv,
                            "--work", str(work), "--json", str(out)],
                           capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search import plots, report
+from search.report import plots, table as report
 from tests.search.test_report import CLASSES, PNG_SIGNATURE, fake_run
 
 

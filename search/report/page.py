@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from search import plots, report
-from search.report import SearchFacts, StoredRun
+from search.report import plots, table as report
+from search.report.table import SearchFacts, StoredRun
 
-PLOTS_DIR = "plots"
 SHOWN_TRIALS = 30
 SHOWN_ERROR_CHARS = 80
 MIN_SHOWN_IMPORTANCE = 0.005  # smaller bars are invisible; they are named in the caption
@@ -377,7 +376,7 @@ def build(out: Path, run: StoredRun) -> Path:
     plots_dir = out / PLOTS_DIR
     shutil.rmtree(plots_dir, ignore_errors=True)  # ours alone: a plot not made this time must not linger
     blocks = _blocks(frame, run, out, plots_dir)
-    (out / "report.md").write_text(to_markdown(blocks, out))
-    page = out / "report.html"
+    (out / REPORT_MD).write_text(to_markdown(blocks, out))
+    page = out / REPORT_HTML
     page.write_text(to_html(blocks, f"Search report: {run.facts.name}"))
     return page

@@ -1,7 +1,7 @@
 """The best model leaves the search as `best/`: weights, and all a client needs to feed it.
 
 `best/model.pt` is a plain state dict (`torch.load(..., weights_only=True)` reads it);
-`best/model.onnx` the same model for ONNX Runtime and other tools (see `search.onnx_export`);
+`best/model.onnx` the same model for ONNX Runtime and other tools (see `search.best.onnx`);
 `best/meta.json` holds the classes in output order, the architecture and its config, the
 metrics, the trial id, the preprocessing, the library versions and the sha256 of each model
 file. `load_best(out)` checks those digests and rebuilds the model. The folder is written
@@ -26,15 +26,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from search.onnx_export import ONNX_FILE, export_onnx
-from search.report import json_default
+from search.best.onnx import export_onnx
+from search.files import BEST_DIR, META_FILE, MODEL_FILE, ONNX_FILE, json_default
 from trainables.data import decode, file_sha256, is_image_file
 from trainables.loop import MEAN, STD, default_device, predict_logits
 from trainables.models import create_model
 
-BEST_DIR = "best"
-MODEL_FILE = "model.pt"
-META_FILE = "meta.json"
 REEXPORT = "tampered or partial export; re-run the search or re-export"
 
 

@@ -1,4 +1,4 @@
-"""The GPU issue's cases of `python -m search.bench`: the frozen-feature cache, several trials
+"""The GPU issue's cases of `python -m bench`: the frozen-feature cache, several trials
 sharing one device, and a trial's start-up under Ray.
 
 Each returns records like `search.bench`'s other cases: "case", "images_per_s" (the fastest
@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.bench import CPUS, HP, VAL_FRACTION, Measure, Record, fixed_batch, interleaved, record, timed, \
+from bench.__main__ import CPUS, HP, VAL_FRACTION, Measure, Record, fixed_batch, interleaved, record, timed, \
     train_measure
 from search.spec import Budget, Experiment, LogUniform, Resources, Space
 from trainables import data
 from trainables.loop import cache_features, fit, normalize, to_input
 from trainables.models import INCEPTION_FEATURES, create_model
-from trainables.synthetic import CLASSES
+from search.datasets.generated import CLASSES
 
 FEATURES_BASELINE = "features: backbone every epoch"
 # The first epoch is not timed: it holds cuDNN's autotuning and, with the cache, the extraction.

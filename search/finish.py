@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from ray import tune
 
-from search import export, report
-from search.report_page import build
+from search.best import export
+from search.files import BEST_DIR, REPORT_HTML, STATE_FILE, STUDY_FILE
+from search.report import table as report
+from search.report.page import build
 from search.space import hparams, recipe_points
 from search.spec import Experiment
 from search.storage import Output, load_state
-from search.trial import STATE_FILE
-from search.tuning import STUDY_FILE
 from trainables.data import ArrayData
 from trainables.loop import default_device, predict_logits
 
@@ -85,7 +85,7 @@ def finish(grid: tune.ResultGrid, experiment: Experiment, arrays: ArrayData, out
     report.store(out, run)
     page = build(out, run)
     summary["report"] = str(page)
-    print(f"Report: {output.display('report.html')} (rebuild it with python -m search.report {out})", flush=True)
+    print(f"Report: {output.display(REPORT_HTML)} (rebuild it with python -m search.report {out})", flush=True)
     return summary
 
 
@@ -110,6 +110,6 @@ def _export_best(best: pd.Series, run: report.StoredRun, experiment: Experiment,
               "hparams": hp, "metrics": metrics, "test_images": len(predictions)})
     text = (f"\nBest trial {best['trial_id']} ({hp['arch']}): val_acc {metrics['val_acc']:.3f}, "
             f"test_acc {test_acc:.3f} on {len(predictions)} test images.\n"
-            f"Exported to {output.display('best')}. Use it: from search import load_best; "
+            f"Exported to {output.display(BEST_DIR)}. Use it: from search import load_best; "
             f"load_best({output.display()!r}).predict(paths)")
     return run, text

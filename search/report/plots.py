@@ -17,7 +17,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from search.report import param_columns
+from search.report.table import param_columns
 
 DPI = 110
 BEST_COLOR = "#c0392b"

@@ -21,8 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-ONNX_FILE = "model.onnx"
-ONNX_LOG = "onnx_export.log"  # written only when the export fails
 OPSET = 18  # ONNX Runtime has run opset 18 since 1.14 (2023); the exporter's own default
 INPUT, OUTPUT, BATCH = "image", "logits", "batch"
 _EXAMPLE_BATCH = 2  # an example batch of 1 would let torch.export specialise the batch size to 1

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from trainables import data
-from trainables.leakage import difference_hash, find_leakage, near_pairs
+from search.datasets.leakage import difference_hash, find_leakage, near_pairs
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Benchmark our data and training path against the classic tutorials' naive one, side by side.
 
-`python -m search.bench [--device cpu|cuda] [--quick] [--json FILE] [--cases CASE ...] [--images N] [--size-px PX]`
+`python -m bench [--device cpu|cuda] [--quick] [--json FILE] [--cases CASE ...] [--images N] [--size-px PX]`
 
 Generates a data set of JPEGs, then measures in one run: building and reusing our decoded
 cache, one epoch of data work the naive way (torchvision `ImageFolder`, PIL decode and
@@ -42,7 +42,7 @@ from trainables.augment import augment
 from trainables.loop import MEAN, STD, normalize, to_input
 from trainables.models import REGISTRY, create_model
 from trainables.optimizers import create_optimizer
-from trainables.synthetic import CLASSES, generate_coats
+from search.datasets.generated import CLASSES, generate_coats
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 Measure = Callable[[int], tuple[int, float]]  # round -> (images, seconds)
@@ -317,7 +317,7 @@ def table(records: list[Record]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m search.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help=f"{IMAGES['quick']} images at {SIZE_PX['quick']} px, "
                         f"every arch at that size, {TIMED_BATCHES['quick']} timed steps a round: minutes on a CPU")

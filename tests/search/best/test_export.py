@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from search.export import ExportError, export_best, load_best, top_k
+from search.best.export import ExportError, export_best, load_best, top_k
 from trainables import models
 
 CLASSES = ("cheetah", "hyena", "jaguar")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from trainables import synthetic
-from trainables.synthetic import CLASSES, GENERATORS, ensure_generated, generate_coats
+from search.datasets.generated import CLASSES, GENERATORS, ensure_generated, generate_coats
 
 
 def test_layout_counts_and_valid_jpegs(tmp_path: Path) -> None:

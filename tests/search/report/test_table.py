@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from search import report
-from search.report import SearchFacts, StoredRun, TrialRecord, trial_row
-from search.report_page import build, classification, param_importances
+from search.report import table as report
+from search.report.table import SearchFacts, StoredRun, TrialRecord, trial_row
+from search.report.page import build, classification, param_importances
 from search.space import hparams
 from tests.conftest import cli_env
 
