@@ -1,10 +1,10 @@
 """The GPU issue's cases of `python -m bench`: the frozen-feature cache, several trials
 sharing one device, and a trial's start-up under Ray.
 
-Each returns records like `search.bench`'s other cases: "case", "images_per_s" (the fastest
+Each returns records like the data and training cases: "case", "images_per_s" (the fastest
 round) and "baseline" and "ratio_vs_baseline" (the case each is compared with). The start-up
 record has seconds instead ("seconds" the median trial's, "seconds_min", "seconds_max",
-"startup_s" each trial's). Ray is imported by the start-up case only, when it runs.
+"startup_s" each trial's).
 """
 
 from __future__ import annotations
@@ -21,56 +21,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
-from bench.__main__ import CPUS, HP, VAL_FRACTION, Measure, Record, fixed_batch, interleaved, record, timed, \
-    train_measure
+from bench.measure import CPUS, HP, VAL_FRACTION, Measure, fixed_batch, interleaved, timed, train_measure
+from bench.records import Record, record, vs_baseline
+from search import run
+from search.datasets.generated import CLASSES
 from search.spec import Budget, Experiment, LogUniform, Resources, Space
 from trainables import data
+from trainables.archs import ARCHS
+from trainables.hparams import HParams
 from trainables.loop import cache_features, fit, normalize, to_input
-from trainables.models import INCEPTION_FEATURES, create_model
-from search.datasets.generated import CLASSES
+from trainables.models import create_model
 
+FEATURES_ARCH = "inception_frozen"
 FEATURES_BASELINE = "features: backbone every epoch"
 # The first epoch is not timed: it holds cuDNN's autotuning and, with the cache, the extraction.
 FEATURE_EPOCHS = 3
 SHARING_ARCH = "small_cnn"  # what `gpus_per_worker=0.25` is meant for (README, "Speed")
 SHARING_BASELINE = "sharing: 1 process alone"
 SHARING_START_TIMEOUT_S = 600  # a process that fails before the start must not leave the others waiting
-IMAGENET_CLASSES = 1000
-
-
-def vs_baseline(records: list[Record], baseline: str) -> list[Record]:
-    """Each record's images/s as a multiple of the `baseline` case's (1.0 for itself)."""
-    base = next(r for r in records if r["case"] == baseline)
-    for r in records:
-        r["baseline"], r["ratio_vs_baseline"] = baseline, r["images_per_s"] / base["images_per_s"]
-    return records
 
 
 # --- the frozen-feature cache ---------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def stand_in_imagenet_weights(arrays: data.ArrayData, hp: dict[str, Any], device: torch.device,
+def stand_in_imagenet_weights(arrays: data.ArrayData, hp: HParams, device: torch.device,
                               folder: Path) -> Iterator[None]:
-    """Within the block, torch hub's folder is `folder`, holding random Inception v3 weights where
-    torchvision's ImageNet file goes: `fit` then builds a frozen `weights="imagenet"` backbone
-    without a download. Its batch-norm statistics are one train batch's: with unit statistics
-    the features are ~1e-8 and the head's numbers would mean nothing (timing would not change)."""
-    from torchvision.models import Inception_V3_Weights
-
+    """Within the block, torch hub's folder is `folder`, holding random weights for `hp.arch`'s
+    backbone where its ImageNet file goes (the table's `weights_file`): `fit` then builds a frozen
+    `weights="imagenet"` backbone without a download. Its batch-norm statistics are one train
+    batch's: with unit statistics the features are ~1e-8 and the head's numbers would mean
+    nothing (timing would not change)."""
     model = create_model(len(arrays.classes), hp, load_weights=False).to(device)
     for module in model.backbone.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # a plain average: one pass sets the statistics
     with torch.no_grad():
-        model.backbone.train()(normalize(to_input(arrays.train.images[:hp["batch_size"]], device)))
+        model.backbone.train()(normalize(to_input(arrays.train.images[:hp.batch_size], device)))
     state = {key: value.cpu() for key, value in model.backbone.state_dict().items()}
-    # torchvision's file also holds ImageNet's classifier: loaded strictly, then replaced by our head.
-    state |= {"fc.weight": torch.zeros(IMAGENET_CLASSES, INCEPTION_FEATURES), "fc.bias": torch.zeros(IMAGENET_CLASSES)}
-    target = folder / "hub" / "checkpoints" / Path(Inception_V3_Weights.IMAGENET1K_V1.url).name
+    target = folder / "hub" / "checkpoints" / ARCHS[hp.arch].weights_file
     target.parent.mkdir(parents=True)
     torch.save(state, target)
     previous = torch.hub.get_dir()
@@ -88,7 +81,7 @@ def features_cases(root: Path, size_px: int, device: torch.device, batch_size: i
     extraction (`cache_features`). Images: every train and val image an epoch or the extraction
     goes through; epoch seconds as `fit` counts them (`train_time_s`: training and validation)."""
     arrays = data.load(data.prepare(root, size_px, VAL_FRACTION, 0, cache_dir).path)
-    hp = {**HP, "arch": "inception_frozen", "weights": "imagenet", "augment": 0.0, "batch_size": batch_size}
+    hp = HP.replace(arch=FEATURES_ARCH, weights="imagenet", augment=0.0, batch_size=batch_size)
     images = len(arrays.train.labels) + len(arrays.val.labels)
 
     def epochs(feature_cache: bool) -> Measure:
@@ -116,7 +109,7 @@ def features_cases(root: Path, size_px: int, device: torch.device, batch_size: i
     }
     with stand_in_imagenet_weights(arrays, hp, device, work / "torch_home"):
         results = interleaved(measures, rounds)
-    common = {"arch": "inception_frozen", "device": device.type, "size_px": size_px, "batch_size": batch_size}
+    common = {"arch": FEATURES_ARCH, "device": device.type, "size_px": size_px, "batch_size": batch_size}
     return vs_baseline([record(case, rounds_, **common) for case, rounds_ in results.items()], FEATURES_BASELINE)
 
 
@@ -201,10 +194,9 @@ def startup_cases(root: Path, device: torch.device, trials: int, cache_dir: Path
     """A real search through `search.run.main` on a local Ray of our own (no dashboard): each
     trial's `startup_s` from OUT/report.csv, the time from its driver's start to its worker
     being about to train (Ray Train's job, worker and process group included)."""
-    import pandas as pd
+    # Here, not above: Ray takes seconds to import and only this case uses it; the other cases,
+    # and `import bench`, stay free of Ray (a test checks it).
     import ray
-
-    from search import run
 
     at_once = max(1, min(trials, CPUS))
     experiment = startup_experiment(root, trials, at_once, device)

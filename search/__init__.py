@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from search.best.export import Predictor
+    from search.best.loader import Predictor
 
 
-def load_best(out: str, device: Any = None) -> "Predictor":
-    """Load the best model a search exported into `out/best/`; see `search.export.load_best`."""
-    from search.best.export import load_best as _load_best  # torch loads only when asked for
+def load_best(out: str, device: Any = None) -> Predictor:
+    """Load the best model a search exported into `out/best/`; see `search.best.loader.load_best`."""
+    from search.best.loader import load_best as _load_best  # torch loads only when asked for
 
     return _load_best(out, device)

@@ -89,7 +89,7 @@ class LogUniform(Uniform):
             raise SpecError("LogUniform.low", self.low, "must be > 0")
 
 
-Domain = Union[Choice, IntRange, Uniform]
+Domain = Choice | IntRange | Uniform
 
 
 # --- generic validation ------------------------------------------------------------------

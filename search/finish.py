@@ -1,4 +1,4 @@
-"""After the search: the report, the best trial's export, its one evaluation on test/.
+"""Ends a search: the report, the best trial's export, its one evaluation on test/.
 
 Everything the report is built from is stored in OUT (see `search.report`), so
 `python -m search.report OUT` rebuilds the same report later without Ray or training.
@@ -16,7 +16,7 @@ from ray import tune
 
 from search.best import export
 from search.files import BEST_DIR, REPORT_HTML, STATE_FILE, STUDY_FILE
-from search.report import table as report
+from search.report import stored, table
 from search.report.page import build
 from search.space import hparams, recipe_points
 from search.spec import Experiment
@@ -32,21 +32,21 @@ def _trial_id_and_number(result: tune.Result) -> tuple[str, int]:
     return parts[2], int(parts[3])
 
 
-def records(grid: tune.ResultGrid) -> tuple[list[report.TrialRecord], pd.DataFrame]:
+def records(grid: tune.ResultGrid) -> tuple[list[stored.TrialRecord], pd.DataFrame]:
     """Every trial of a finished search as stored for the report, and all their epochs."""
     trials, histories = [], {}
     for result in grid:
         trial_id, number = _trial_id_and_number(result)
-        trials.append(report.TrialRecord(trial_id, number, dict(result.config or {}),
+        trials.append(stored.TrialRecord(trial_id, number, dict(result.config or {}),
                                          None if result.error is None else str(result.error)))
         histories[trial_id] = result.metrics_dataframe
-    return trials, report.history_frame(histories)
+    return trials, stored.history_frame(histories)
 
 
-def facts(experiment: Experiment, classes: tuple[str, ...]) -> report.SearchFacts:
+def facts(experiment: Experiment, classes: tuple[str, ...]) -> stored.SearchFacts:
     """What the report needs of the experiment."""
     budget = experiment.budget
-    return report.SearchFacts(
+    return stored.SearchFacts(
         name=experiment.name, objective=experiment.objective, mode=experiment.mode, max_epochs=budget.max_epochs,
         trials=budget.trials, grace_period_epochs=budget.grace_period_epochs,
         reduction_factor=budget.reduction_factor, recipe_points=recipe_points(experiment), classes=list(classes),
@@ -60,7 +60,7 @@ def _evaluate_on_test(model: torch.nn.Module, arrays: ArrayData) -> tuple[pd.Dat
     logits = predict_logits(model.to(device), arrays.test.images, device)
     loss = F.cross_entropy(logits, torch.as_tensor(arrays.test.labels)).item()
     probabilities = torch.softmax(logits, dim=1).numpy()
-    return report.predictions_frame(arrays.test.paths, arrays.test.labels, probabilities, arrays.classes), loss
+    return table.predictions_frame(arrays.test.paths, arrays.test.labels, probabilities, arrays.classes), loss
 
 
 def finish(grid: tune.ResultGrid, experiment: Experiment, arrays: ArrayData, output: Output) -> dict[str, Any]:
@@ -70,10 +70,10 @@ def finish(grid: tune.ResultGrid, experiment: Experiment, arrays: ArrayData, out
     """
     out = output.local
     trials, history = records(grid)
-    run = report.StoredRun(facts(experiment, arrays.classes), trials, history)
-    frame = report.trial_table(trials, history, run.facts)
-    report.save(frame, out)  # the table first: it survives whatever fails below
-    print("\n" + report.render(frame), flush=True)
+    run = stored.StoredRun(facts(experiment, arrays.classes), trials, history)
+    frame = table.trial_table(trials, history, run.facts)
+    table.save(frame, out)  # the table first: it survives whatever fails below
+    print("\n" + table.render(frame), flush=True)
     summary: dict[str, Any] = {"trials": len(frame), "status": frame["status"].value_counts().to_dict()}
     usable = frame[(frame["status"] != "error") & frame["checkpoint_path"].notna()]
     if usable.empty:
@@ -82,18 +82,18 @@ def finish(grid: tune.ResultGrid, experiment: Experiment, arrays: ArrayData, out
         run, best_text = _export_best(usable.iloc[0], run, experiment, arrays, output)
         summary.update(best_trial=run.best["trial_id"], best=run.best["metrics"])
         print(best_text, flush=True)
-    report.store(out, run)
+    stored.store(out, run)
     page = build(out, run)
     summary["report"] = str(page)
     print(f"Report: {output.display(REPORT_HTML)} (rebuild it with python -m search.report {out})", flush=True)
     return summary
 
 
-def _export_best(best: pd.Series, run: report.StoredRun, experiment: Experiment, arrays: ArrayData,
-                 output: Output) -> tuple[report.StoredRun, str]:
+def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment, arrays: ArrayData,
+                 output: Output) -> tuple[stored.StoredRun, str]:
     """Export the best trial's model, evaluate it on test/; the run with its results, and what to print."""
     config = next(t.config for t in run.trials if t.trial_id == best["trial_id"])
-    hp = {**hparams(config), "weights": experiment.weights}
+    hp = hparams(config, experiment.weights)
     metrics = {k: float(best[k]) for k in ("val_acc", "val_loss", "train_acc", "train_loss")}
     metrics["epochs_run"] = int(best["epochs"])
     state = load_state(output, best["checkpoint_path"], STATE_FILE)
@@ -103,12 +103,12 @@ def _export_best(best: pd.Series, run: report.StoredRun, experiment: Experiment,
     test_acc = float((predictions["true"] == predictions["predicted"]).mean())
     metrics.update(test_acc=test_acc, test_loss=test_loss)
     export.export_best(output.local, state, arrays.classes, hp, metrics, best["trial_id"], experiment.image_size_px)
-    shown = report.grid_indices(predictions)
-    run = report.StoredRun(
+    shown = table.grid_indices(predictions)
+    run = stored.StoredRun(
         run.facts, run.trials, run.history, predictions=predictions, grid=(shown, arrays.test.images[shown]),
         best={"trial_id": best["trial_id"], "trial_number": int(best["trial_number"]), "epoch": int(state["epoch"]),
-              "hparams": hp, "metrics": metrics, "test_images": len(predictions)})
-    text = (f"\nBest trial {best['trial_id']} ({hp['arch']}): val_acc {metrics['val_acc']:.3f}, "
+              "hparams": hp.to_dict(), "metrics": metrics, "test_images": len(predictions)})
+    text = (f"\nBest trial {best['trial_id']} ({hp.arch}): val_acc {metrics['val_acc']:.3f}, "
             f"test_acc {test_acc:.3f} on {len(predictions)} test images.\n"
             f"Exported to {output.display(BEST_DIR)}. Use it: from search import load_best; "
             f"load_best({output.display()!r}).predict(paths)")

@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def predict(args: argparse.Namespace) -> pd.DataFrame:
     """The table for `args`; raises ValueError / FileNotFoundError with a one-line message."""
-    from search.best.export import load_best, top_k  # imports torch: after parsing, so --help is instant
+    from search.best.loader import load_best, top_k  # imports torch: after parsing, so --help is instant
 
     device = _device(args.device) if args.device else None
     predictor = load_best(args.out, device)

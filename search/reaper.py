@@ -18,6 +18,7 @@ states from Ray's GCS, which needs no dashboard.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -61,7 +62,8 @@ def remove_trial_placement_groups(trial_id: str) -> int:
 def remove_placement_group(group_hex: str) -> None:
     """Remove the placement group with this hex id; its actors (the workers) die with it."""
     from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group as remove
+    from ray.util.placement_group import PlacementGroup
+    from ray.util.placement_group import remove_placement_group as remove
 
     try:
         remove(PlacementGroup(PlacementGroupID.from_hex(group_hex)))
@@ -82,10 +84,8 @@ def _address(info: dict) -> tuple[str, int]:
 
 
 def _kill_process(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it exited on its own meanwhile
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:  # it exited on its own meanwhile
-        pass
 
 
 def _end(actors: list[dict]) -> None:

@@ -7,19 +7,21 @@ A user error (bad field, missing folder, missing weights) is one line on stderr,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from search.datasets.leakage import find_leakage
+from search.datasets.report import data_report, leakage_warning
 from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, SUMMARY_FILE, TUNE_DIR
 from search.spec import Experiment, SpecError, load_experiment, replace
-from search.datasets.report import data_report, leakage_warning
 from search.storage import Output, open_output
+from search.trial import EpochHook
 from trainables import data
-from search.datasets.leakage import find_leakage
-from trainables.models import WeightsUnavailable
+from trainables.archs import WeightsUnavailable
 
 EXIT_USAGE = 2
 # Ray Train hands a worker's report (and checkpoint) over at its health-check poll, every
@@ -38,9 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-epochs", type=int, help="epochs per trial at most")
     parser.add_argument("--concurrency", type=int, help="trials at once (default: as many as fit)")
     parser.add_argument("--out", help="results folder, or a URI pyarrow understands (s3://bucket/prefix, gs://...), "
-                                          "which every node of a cluster can reach (default: results/<experiment name>)")
+                        "which every node of a cluster can reach (default: results/<experiment name>)")
     parser.add_argument("--name", help="experiment name (default: the file's)")
-    parser.add_argument("--address", help="Ray cluster to join: auto, host:port or ray://... (default: start a local one)")
+    parser.add_argument("--address",
+                        help="Ray cluster to join: auto, host:port or ray://... (default: start a local one)")
     parser.add_argument("--resume", action="store_true", help="continue the search stored in --out")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny budget (2 trials, 1 epoch, small images, one 1-CPU worker): checks the setup")
@@ -60,7 +63,7 @@ def apply_overrides(experiment: Experiment, args: argparse.Namespace) -> Experim
             changes[field] = getattr(args, arg)
     if args.data is not None:
         changes["generate"] = None  # a folder the user names is theirs: never generate into it
-    budget = {f: getattr(experiment.budget, f) for f in ("trials", "max_epochs", "grace_period_epochs", "reduction_factor")}
+    budget = dataclasses.asdict(experiment.budget)
     if args.smoke:
         budget.update(trials=2, max_epochs=1)
         changes["image_size_px"] = min(experiment.image_size_px, SMOKE_SIZE_PX)
@@ -94,7 +97,7 @@ def _cache_dir(args: argparse.Namespace) -> Path:
 def _data_folder(experiment: Experiment) -> Path:
     folder = Path(experiment.data).expanduser().resolve()
     if experiment.generate and not folder.exists():
-        from search.datasets.generated import GENERATORS, ensure_generated
+        from search.datasets.generated import GENERATORS, ensure_generated  # PIL drawing: only when generating
 
         if experiment.generate not in GENERATORS:
             raise SpecError("Experiment.generate", experiment.generate, f"one of {', '.join(GENERATORS)}")
@@ -104,10 +107,17 @@ def _data_folder(experiment: Experiment) -> Path:
 
 
 def _check_weights(experiment: Experiment) -> None:
-    if experiment.weights == "imagenet" and any(a.startswith("inception") for a in experiment.space.archs()):
-        from trainables.models import load_inception_weights
+    """Load every searched backbone's ImageNet weights once: missing ones fail here, before any trial."""
+    if experiment.weights != "imagenet":
+        return
+    from trainables.archs import ARCHS
+    from trainables.models import load_pretrained
 
-        load_inception_weights()  # fails here, before any trial starts, when they are missing
+    loaded: set[str] = set()
+    for arch in (ARCHS[name] for name in experiment.space.archs()):
+        if arch.weights and arch.weights not in loaded:
+            load_pretrained(arch)
+            loaded.add(arch.weights)
 
 
 def _start_ray(address: str | None) -> str | None:
@@ -133,7 +143,8 @@ def _start_ray(address: str | None) -> str | None:
     return context.dashboard_url or None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) -> int:
+    """The CLI; `on_epoch` (for tests and drills) runs in every trial's worker after each epoch."""
     args = parse_args(argv)
     try:
         experiment = apply_overrides(load_experiment(args.experiment), args)
@@ -162,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / EXPERIMENT_FILE).write_text(repr(experiment) + "\n")
     output.upload()
 
+    # Ray, Tune and torch's training stack load only once the inputs are known to be good.
     from search import tuning
     from search.finish import finish
 
@@ -174,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"Searching {experiment.budget.trials} trials, {the_plan.concurrency} at a time, on "
-          f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {output.display()}", flush=True)
+          f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {output.display()}",
+          flush=True)
     started = time.perf_counter()
-    grid = tuning.search(experiment, output, arrays, the_plan, resume=args.resume)
+    grid = tuning.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch)
     summary = finish(grid, experiment, arrays, output)
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))

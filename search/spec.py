@@ -13,8 +13,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from search.domains import (Choice, Domain, IntRange, LogUniform, SpecError, Uniform, check_bounds,
-                            check_values, require, spec_class)
+from search.domains import (
+    Choice,
+    Domain,
+    IntRange,
+    LogUniform,
+    SpecError,
+    Uniform,
+    check_bounds,
+    check_values,
+    require,
+    spec_class,
+)
 from trainables.archs import ARCHS, default_archs
 
 __all__ = ["Budget", "Choice", "Domain", "Experiment", "IntRange", "LogUniform", "Resources", "Space", "SpecError",

@@ -21,7 +21,6 @@ import pyarrow.fs as pafs
 from search.files import RAY_DIRS
 
 
-
 @dataclass(frozen=True)
 class Output:
     """A search's results folder: `uri` as Ray takes it, `local` where the driver writes."""

@@ -58,7 +58,6 @@ def train_worker(config: dict[str, Any]) -> None:
     import torch
 
     from search.reaper import register_placement_group
-
     from trainables.loop import fit
 
     context = ray.train.get_context()
@@ -105,8 +104,8 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     # Not asdict(): it would deep-copy the data's ObjectRef.
-    loop_config = {**{f.name: getattr(settings, f.name) for f in fields(settings)}, "hparams": hparams(config, settings.weights),
-                   "trial_started_at": time.time(), "trial_id": trial_id}
+    loop_config = {**{f.name: getattr(settings, f.name) for f in fields(settings)},
+                   "hparams": hparams(config, settings.weights), "trial_started_at": time.time(), "trial_id": trial_id}
     resources = {"CPU": settings.cpus_per_worker}
     if settings.gpus_per_worker:
         resources["GPU"] = settings.gpus_per_worker

@@ -21,7 +21,7 @@ from search.reaper import PlacementGroupReaper
 from search.space import recipe_points, space_function
 from search.spec import Experiment, SpecError
 from search.storage import Output
-from search.trial import TrialSettings, best_metric, run_trial
+from search.trial import EpochHook, TrialSettings, best_metric, run_trial
 from trainables.data import ArrayData
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def resolve(experiment: Experiment, now: dict[str, float], ceiling: dict[str, fl
     return Plan(concurrency=concurrency, gpus_per_worker=gpus_per_worker, cluster_cpus=cpus, cluster_gpus=gpus)
 
 
-def new_study_storage(out: Path, study_name: str) -> "optuna.storages.RDBStorage":
+def new_study_storage(out: Path, study_name: str) -> optuna.storages.RDBStorage:
     """The SQLite storage for a new search's study in `out`, without an earlier study of that name.
 
     Only the driver's searcher writes to it, so a local file is enough. On `Tuner.restore`
@@ -122,7 +122,8 @@ def _searcher(experiment: Experiment, out: Path) -> OptunaSearch:
                         storage=new_study_storage(out, experiment.name))
 
 
-def _trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: Plan) -> tune.Trainable:
+def _trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: Plan,
+               on_epoch: EpochHook | None) -> tune.Trainable:
     res = experiment.resources
     settings = TrialSettings(
         # Decoded once, put in Ray's object store once: every trial on every node reads
@@ -130,18 +131,18 @@ def _trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_pl
         data=ray.put(arrays), storage_path=output.child(TRAIN_DIR), weights=experiment.weights,
         max_epochs=experiment.budget.max_epochs, seed=experiment.seed, workers=res.workers,
         cpus_per_worker=res.cpus_per_worker, gpus_per_worker=the_plan.gpus_per_worker,
-        objective=experiment.objective, mode=experiment.mode)
+        objective=experiment.objective, mode=experiment.mode, on_epoch=on_epoch)
     return tune.with_resources(tune.with_parameters(run_trial, settings=settings), DRIVER_RESOURCES)
 
 
 def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: Plan,
-           resume: bool = False) -> tune.ResultGrid:
+           resume: bool = False, on_epoch: EpochHook | None = None) -> tune.ResultGrid:
     """Run (or, with `resume`, continue) the search; its Tune state lives in `OUT/tune`.
 
     Tune and Train write straight to `output` (a local folder or a URI every node can
     reach); the Optuna study stays in the driver's local working folder.
     """
-    trainable = _trainable(experiment, output, arrays, the_plan)
+    trainable = _trainable(experiment, output, arrays, the_plan, on_epoch)
     tune_path = output.child(TUNE_DIR)
     if resume and tune.Tuner.can_restore(tune_path):
         # resume_errored keeps the trial id (Optuna knows it); restart_errored would not.

@@ -12,6 +12,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts Ray is `slow` (`pytest -m "not slow"` skips them): those that use
+    the session's Ray, and those marked by hand because they start a search in a subprocess."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def decoded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Decoded-image caches of this test session (and its CLI subprocesses), never ~/.cache."""
@@ -91,7 +99,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")  # noqa: SIM115 (open while the server runs)
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30

@@ -15,6 +15,11 @@ from typing import Literal
 Freeze = Literal["none", "all", "partial"]
 
 
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights could not be loaded; the message says which file to place where.
+    (Here, not beside the loader, so the CLI can name this error without importing torch.)"""
+
+
 @dataclass(frozen=True)
 class Arch:
     """One architecture the space can name.

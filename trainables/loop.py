@@ -67,7 +67,8 @@ def _outputs(module: nn.Module, images: np.ndarray, device: torch.device, streng
             yield module(batch)
 
 
-def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device,
+                   batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Logits for uint8 images [N, H, W, 3], in eval mode, on the CPU as float32."""
     outputs = [logits.float().cpu() for logits in _outputs(model, images, device, batch_size=batch_size)]
     return torch.cat(outputs) if outputs else torch.zeros(0)
@@ -216,8 +217,8 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         else:
             val_loss, val_acc = features.evaluate(model, data.val.labels)
         train_time_s += time.perf_counter() - started
-        metrics = {"epoch": epoch, "train_images": int(seen), "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                   "val_loss": val_loss, "val_acc": val_acc, "train_time_s": train_time_s}
+        metrics = {"epoch": epoch, "train_images": int(seen), "train_loss": loss_sum / seen,
+                   "train_acc": correct / seen, "val_loss": val_loss, "val_acc": val_acc, "train_time_s": train_time_s}
         report(metrics, {"epoch": epoch, "train_time_s": train_time_s,
                          "model": model.state_dict(), "optimizer": optimizer.state_dict()})
     return model

@@ -14,17 +14,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainables.archs import Arch, lookup
+from trainables.archs import Arch, WeightsUnavailable, lookup
+
+__all__ = ["BUILDERS", "BackboneClassifier", "SmallCNN", "WeightsUnavailable", "backbone_builder", "create_model",
+           "load_pretrained"]
 from trainables.hparams import HParams
 
 SMALL_CNN_DENSE = 512  # the cats-vs-dogs tutorial's Dense(512)
 SMALL_CNN_POOLED_PX = 4  # flatten a fixed 4x4 map so the dense layer does not grow with image size
 INCEPTION_BLOCKS = ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
                     "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
-
-
-class WeightsUnavailable(RuntimeError):
-    """ImageNet weights could not be loaded; the message says which file to place where."""
 
 
 class SmallCNN(nn.Module):

@@ -1,4 +1,4 @@
-"""`best/model.onnx`: the best model for tools outside PyTorch (ONNX Runtime, TensorRT, OpenVINO).
+"""Writes `best/model.onnx`: the best model for tools outside PyTorch (ONNX Runtime, TensorRT, OpenVINO).
 
 torch's ONNX exporter (`torch.export` based, the default since torch 2.9) prints progress,
 graphs and logging warnings, pages of them when a model does not export; all of it goes to a
@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from search.files import ONNX_FILE, ONNX_LOG
 
 OPSET = 18  # ONNX Runtime has run opset 18 since 1.14 (2023); the exporter's own default
 INPUT, OUTPUT, BATCH = "image", "logits", "batch"

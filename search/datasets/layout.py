@@ -1,4 +1,4 @@
-"""`python -m search.datasets`: lay a data set out as train/ and test/ class folders.
+"""Lays a data set out as train/ and test/ class folders (`python -m search.datasets`).
 
     flat  SRC OUT --counts 1000,500,500   Kaggle's cats-vs-dogs style: one folder whose
                                           file names carry the class (cat.1.jpg, dog.1.jpg);
@@ -28,7 +28,7 @@ EXIT_USAGE = 2
 DEFAULT_CLASS_PATTERN = r"^([^._-]+)[._-]"  # "cat.1.jpg" -> "cat", "dog_001.png" -> "dog"
 
 
-class PrepareError(ValueError):
+class LayoutError(ValueError):
     """A bad source, target or option; the message names it."""
 
 
@@ -40,7 +40,7 @@ def _classes_from_names(source: Path, pattern: str) -> dict[str, list[Path]]:
         if match:
             groups[match.group(1).lower()].append(path)
     if len(groups) < 2:
-        raise PrepareError(f"{source}: found {len(groups)} classes in the file names with pattern {pattern!r}; "
+        raise LayoutError(f"{source}: found {len(groups)} classes in the file names with pattern {pattern!r}; "
                            "need at least 2 (e.g. cat.1.jpg, dog.1.jpg)")
     return dict(groups)
 
@@ -48,7 +48,7 @@ def _classes_from_names(source: Path, pattern: str) -> dict[str, list[Path]]:
 def _classes_from_folders(source: Path) -> dict[str, list[Path]]:
     groups = {d.name: image_files(d) for d in sorted(source.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     if len(groups) < 2:
-        raise PrepareError(f"{source}: found {len(groups)} class subfolders; need at least 2")
+        raise LayoutError(f"{source}: found {len(groups)} class subfolders; need at least 2")
     return groups
 
 
@@ -64,7 +64,7 @@ def plan_flat(groups: dict[str, list[Path]], counts: dict[str, int], seed: int) 
     plan: dict[str, dict[str, list[Path]]] = {split: {} for split in counts}
     for name, files in groups.items():
         if len(files) < need:
-            raise PrepareError(f"class {name!r} has {len(files)} images; the counts ask for {need}")
+            raise LayoutError(f"class {name!r} has {len(files)} images; the counts ask for {need}")
         shuffled, start = _shuffled(files, seed, name), 0
         for split, count in counts.items():
             plan[split][name] = shuffled[start:start + count]
@@ -77,7 +77,7 @@ def plan_split(groups: dict[str, list[Path]], test_fraction: float, seed: int) -
     plan: dict[str, dict[str, list[Path]]] = {"train": {}, "test": {}}
     for name, files in groups.items():
         if len(files) < 2:
-            raise PrepareError(f"class {name!r} has {len(files)} images; need at least 2 to split")
+            raise LayoutError(f"class {name!r} has {len(files)} images; need at least 2 to split")
         shuffled = _shuffled(files, seed, name)
         n_test = min(max(1, round(test_fraction * len(files))), len(files) - 1)
         plan["test"][name], plan["train"][name] = shuffled[:n_test], shuffled[n_test:]
@@ -87,7 +87,7 @@ def plan_split(groups: dict[str, list[Path]], test_fraction: float, seed: int) -
 def write(plan: dict[str, dict[str, list[Path]]], target: Path, link: bool) -> int:
     """Copy (or hard-link) the planned files into target/<split>/<class>/; returns the count."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise PrepareError(f"{target}: exists and is not an empty folder; give a new or empty target")
+        raise LayoutError(f"{target}: exists and is not an empty folder; give a new or empty target")
     written = 0
     for split, classes in plan.items():
         for name, files in classes.items():
@@ -122,15 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if not args.source.is_dir():
-            raise PrepareError(f"{args.source}: not a folder")
+            raise LayoutError(f"{args.source}: not a folder")
         if args.mode == "flat":
             plan = plan_flat(_classes_from_names(args.source, args.class_pattern), args.counts, args.seed)
         else:
             if not 0 < args.test_fraction < 1:
-                raise PrepareError(f"--test-fraction {args.test_fraction}: must lie strictly between 0 and 1")
+                raise LayoutError(f"--test-fraction {args.test_fraction}: must lie strictly between 0 and 1")
             plan = plan_split(_classes_from_folders(args.source), args.test_fraction, args.seed)
         written = write(plan, args.target, args.link)
-    except (PrepareError, OSError) as err:
+    except (LayoutError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     for split_name, classes in plan.items():
@@ -138,6 +138,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'linked' if args.link else 'copied'} {written} files into {args.target}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,7 @@
-"""The report's figures, each saved as one PNG: learning curves, where ASHA stopped trials,
-parameter importance, parallel coordinates, the confusion matrix, a grid of test images.
+"""The report's figures, each drawn and saved as one PNG.
+
+Learning curves, where ASHA stopped trials, parameter importance, parallel coordinates,
+the confusion matrix, a grid of test images.
 
 Built on matplotlib's object API (`Figure` renders with Agg by itself), never pyplot: no
 global figure registry to leak into, nothing left open once a figure is saved.

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import bench.__main__ as bench
+import bench.__main__ as cli
 from tests.conftest import REPO, cli_env
 
 
@@ -19,12 +19,13 @@ def run_bench(tmp_path: Path, *argv: str) -> tuple[list[dict[str, Any]], subproc
     work, out = tmp_path / "work", tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--device", "cpu", *argv,
                            "--work", str(work), "--json", str(out)],
-                          capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=300)
+                          capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not work.exists()
     return json.loads(out.read_text()), proc
 
 
+@pytest.mark.slow  # every case of the benchmark, ~20 s
 def test_quick_bench_measures_every_case_and_cleans_up(tmp_path: Path) -> None:
     # Tiny on purpose: this checks that every case runs and reports, not how fast (seconds on 2 cores).
     records, proc = run_bench(tmp_path, "--images", "64", "--size-px", "64", "--batches", "1", "--batch-size", "4",
@@ -33,10 +34,10 @@ def test_quick_bench_measures_every_case_and_cleans_up(tmp_path: Path) -> None:
     assert all(len(r["images_per_s_rounds"]) == 2 and r["images_per_s"] == max(r["images_per_s_rounds"])
                for r in records)
     cases = [r["case"] for r in records]
-    assert len(cases) == len(set((r["case"], r["arch"]) for r in records))
+    assert len(cases) == len({(r["case"], r["arch"]) for r in records})
     assert any("naive" in c and "data epoch" in c for c in cases)
     assert any(c.startswith("cache build") for c in cases) and any(c.startswith("cache reuse") for c in cases)
-    for arch in bench.ARCHS:
+    for arch in cli.parse_args([]).archs:  # the default: the tutorials' architectures
         mine = {r["case"].split(" train step")[0] for r in records if r["arch"] == arch and "train step" in r["case"]}
         assert mine == {"naive", "ours", "model only"}, arch
     assert all(r["ratio_vs_naive"] > 0 for r in records if r["case"].startswith("ours"))
@@ -56,6 +57,7 @@ def test_quick_bench_measures_every_case_and_cleans_up(tmp_path: Path) -> None:
     assert "images/s" in proc.stdout and "vs baseline" in proc.stdout and "note: sharing on a CPU" in proc.stdout
 
 
+@pytest.mark.slow  # a real search under Ray
 def test_startup_case_reports_each_trials_start_from_a_real_search(tmp_path: Path) -> None:
     records, proc = run_bench(tmp_path, "--cases", "startup", "--startup-trials", "2", "--images", "32",
                               "--size-px", "32")
@@ -66,8 +68,9 @@ def test_startup_case_reports_each_trials_start_from_a_real_search(tmp_path: Pat
 
 
 def test_bench_imports_no_ray() -> None:
-    code = "import sys, search.bench; print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna'}))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=REPO)
+    code = "import sys, bench.__main__; print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna'}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=REPO,
+                          check=False)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
@@ -75,18 +78,24 @@ def test_bench_imports_no_ray() -> None:
                                             (["--sharing", "1"], "--sharing")])
 def test_bad_arguments_are_one_line_exit_2(argv: list[str], fragment: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        bench.parse_args(argv)
+        cli.parse_args(argv)
     assert exit_info.value.code == 2 and capsys.readouterr().err.startswith(f"error: {fragment}")
 
 
 def test_all_means_every_case_but_startup_and_cases_combine() -> None:
-    assert bench.parse_args([]).cases == ["data", "train", "features", "sharing"]
-    assert bench.parse_args(["--cases", "startup", "features"]).cases == ["features", "startup"]
-    assert bench.parse_args(["--cases", "all", "startup"]).cases == list(bench.CASES)
+    assert cli.parse_args([]).cases == ["data", "train", "features", "sharing"]
+    assert cli.parse_args(["--cases", "startup", "features"]).cases == ["features", "startup"]
+    assert cli.parse_args(["--cases", "all", "startup"]).cases == list(cli.CASES)
+
+
+def test_archs_default_to_the_tutorials_and_name_any_of_the_table() -> None:
+    assert cli.parse_args([]).archs == ["small_cnn", "inception_frozen", "inception_partial"]
+    assert cli.parse_args(["--archs", "resnet50_frozen", "small_cnn", "resnet50_frozen"]).archs == \
+        ["resnet50_frozen", "small_cnn"]
 
 
 def test_a_non_empty_work_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(SystemExit):
-        bench.parse_args(["--work", str(tmp_path)])
+        cli.parse_args(["--work", str(tmp_path)])
     assert (tmp_path / "mine.txt").exists()

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 import torch
 
+from search.datasets.generated import generate_coats
 from search.space import recipe_points
 from search.spec import load_experiment
 from tests.conftest import REPO, cli_env
-from search.datasets.generated import generate_coats
 
 TUTORIALS = {
     "carnivores": ("cheetah", "hyena", "jaguar", "tiger"),
@@ -49,6 +49,7 @@ def test_recipe_is_the_tutorials_and_in_the_space(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(TUTORIALS))
+@pytest.mark.slow
 def test_smoke_runs_on_a_stand_in_with_the_tutorials_classes(name: str, torch_home: Path, tmp_path: Path) -> None:
     classes = TUTORIALS[name]
     data = generate_coats(tmp_path / "data", train_per_class=10, test_per_class=2, size_px=100, classes=classes)
@@ -109,4 +110,5 @@ def test_a_picture_in_train_and_test_is_reported_as_leakage(tmp_path: Path) -> N
     assert "warning: 1 pictures appear in two splits" in proc.stdout and "copied.jpg" in proc.stdout
     report = pd.read_csv(tmp_path / "out" / "data_report.csv")
     leak = report[report["status"] == "leakage"].iloc[0]
-    assert leak["path"].endswith("dog_0002.jpg") and "copied.jpg" in leak["reason"] and leak["split"] in ("train", "val")
+    assert leak["path"].endswith("dog_0002.jpg") and "copied.jpg" in leak["reason"]
+    assert leak["split"] in ("train", "val")

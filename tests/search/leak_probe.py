@@ -20,8 +20,8 @@ from search.run import RAY_JOB_ENV, main
 from tests.conftest import CLUSTER_SINGLETONS
 
 if __name__ == "__main__":
-    context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False,
-                       runtime_env={"env_vars": RAY_JOB_ENV})
+    context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                       configure_logging=False, runtime_env={"env_vars": RAY_JOB_ENV})
     # Name this cluster's dashboard: the test session runs a Ray of its own beside it.
     api = f"http://{context.dashboard_url}"
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
@@ -46,7 +46,8 @@ if __name__ == "__main__":
     asker.join()
     deadline = time.monotonic() + 30
     while True:
-        groups = [g.placement_group_id for g in state.list_placement_groups(address=api, filters=[("state", "!=", "REMOVED")])]
+        live = state.list_placement_groups(address=api, filters=[("state", "!=", "REMOVED")])
+        groups = [g.placement_group_id for g in live]
         actors = [a.class_name for a in state.list_actors(address=api, filters=[("state", "=", "ALIVE")])
                   if a.class_name not in CLUSTER_SINGLETONS]
         if not (groups or actors) or time.monotonic() > deadline:

@@ -35,14 +35,16 @@ def head_node(tmp_path_factory: pytest.TempPathFactory):
     port, client_port = free_port(), free_port()
     # --block keeps the head in this process group, so the test stops exactly this cluster
     # (`ray stop` would stop every Ray on the machine, the test session's included).
+    log = open(tmp_path / "head.log", "w")  # noqa: SIM115 (the head outlives this call)
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", f"--ray-client-server-port={client_port}",
          "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-        stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, env=auth_env(), start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, env=auth_env(), start_new_session=True)
     address = f"{socket.gethostbyname(socket.gethostname())}:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if subprocess.run(["ray", "status", f"--address={address}"], capture_output=True, env=auth_env()).returncode == 0:
+        status = subprocess.run(["ray", "status", f"--address={address}"], capture_output=True, env=auth_env())
+        if status.returncode == 0:
             break
         assert head.poll() is None, (tmp_path / "head.log").read_text()
         time.sleep(1)
@@ -59,6 +61,7 @@ def head_node(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize("kind", ["gcs", "client"])
+@pytest.mark.slow
 def test_search_runs_on_an_existing_cluster(head_node: dict[str, str], kind: str, coats: Path, tmp_path: Path) -> None:
     experiment = tiny_experiment(tmp_path, coats, trials=2, epochs=1)
     proc = subprocess.run([sys.executable, "-m", "search.run", str(experiment), "--out", str(tmp_path / "out"),

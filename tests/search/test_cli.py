@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, cli_env, tiny_experiment, write_experiment
-from tests.search.test_report import assert_report_rebuilds
+from tests.search.report.test_table import assert_report_rebuilds
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -28,6 +28,7 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> Non
         assert fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_cli_runs_a_search_end_to_end(coats: Path, tmp_path: Path) -> None:
     experiment = tiny_experiment(tmp_path, Path("elsewhere"), trials=3, epochs=2)
     proc = run_cli(str(experiment), "--data", str(coats), "--out", "out", "--seed", "1", cwd=tmp_path)
@@ -92,11 +93,18 @@ def test_every_option_is_accepted(tmp_path: Path) -> None:
         (3, 2, 1, "auto", True, True, 5)
 
 
-def test_smoke_shrinks_the_budget() -> None:
-    from search.run import apply_overrides, parse_args
+def test_smoke_shrinks_the_budget_images_and_workers() -> None:
+    from search.run import SMOKE_SIZE_PX, apply_overrides, parse_args
     from search.spec import load_experiment
 
-    quickstart = load_experiment(REPO / "experiments" / "quickstart.py")
-    smoke = apply_overrides(quickstart, parse_args(["e.py", "--smoke"]))
+    carnivores = load_experiment(REPO / "experiments" / "carnivores.py")
+    assert carnivores.image_size_px > SMOKE_SIZE_PX and carnivores.resources.cpus_per_worker > 1
+    smoke = apply_overrides(carnivores, parse_args(["e.py", "--smoke"]))
     assert (smoke.budget.trials, smoke.budget.max_epochs) == (2, 1)
-    assert smoke.image_size_px <= quickstart.image_size_px
+    assert smoke.image_size_px == SMOKE_SIZE_PX
+    assert (smoke.resources.workers, smoke.resources.cpus_per_worker) == (1, 1)
+    assert (smoke.space, smoke.recipes, smoke.data) == (carnivores.space, carnivores.recipes, carnivores.data)
+    # an experiment already smaller than the smoke size keeps its images
+    quickstart = load_experiment(REPO / "experiments" / "quickstart.py")
+    assert quickstart.image_size_px < SMOKE_SIZE_PX
+    assert apply_overrides(quickstart, parse_args(["e.py", "--smoke"])).image_size_px == quickstart.image_size_px

@@ -65,21 +65,31 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_session, coats: Path
     assert history["startup_s"].nunique() == 2  # a second worker started after the kill
 
 
-def test_a_trial_that_raises_ends_as_error_and_the_search_goes_on(ray_session, coats: Path, tmp_path: Path,
-                                                                  monkeypatch) -> None:
-    from search.trial import FAULT_ENV
+class InjectedFault(RuntimeError):
+    """The failure `fail_the_recipe_at_epoch_2` raises."""
+
+
+def fail_the_recipe_at_epoch_2(hp, metrics: dict) -> None:
+    """An epoch hook handed to the search: the recipe trial (lr 0.02) raises when it reaches epoch 2."""
+    if hp.lr == 0.02 and metrics["epoch"] == 2:
+        raise InjectedFault("injected fault at epoch 2")
+
+
+def test_a_trial_that_raises_ends_as_error_and_the_search_goes_on(ray_session, coats: Path, tmp_path: Path) -> None:
     from tests.conftest import TINY
 
     body = TINY.format(data=coats, trials=3, epochs=2, cpus=1) + 'recipes=({"lr": 0.02},),\n'
     experiment = write_experiment(tmp_path, body)
-    monkeypatch.setenv(FAULT_ENV, "lr=0.02:2")  # the recipe trial raises when it reaches epoch 2
     out = tmp_path / "out"
-    assert main([str(experiment), "--out", str(out)]) == 0
+    assert main([str(experiment), "--out", str(out)], on_epoch=fail_the_recipe_at_epoch_2) == 0
     report = pd.read_csv(out / "report.csv")
     assert len(report) == 3
     failed = report[report["recipe"] == 1].iloc[0]
     assert failed["status"] == "error" and "injected fault at epoch 2" in failed["error"]
-    assert failed["epochs"] == 1 and failed["val_acc"] >= 0  # its first epoch is kept
+    # its first epoch is kept: the row holds what that epoch reported
+    history = pd.read_parquet(out / "history.parquet")
+    first = history[(history["trial_id"] == failed["trial_id"]) & (history["epoch"] == 1)].iloc[0]
+    assert failed["epochs"] == 1 and failed["val_acc"] == first["val_acc"] and 0 <= first["val_acc"] <= 1
     others = report[report["recipe"] != 1]
     assert (others["status"] != "error").all() and others["epochs"].min() >= 1
     assert (out / "best" / "meta.json").is_file()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.conftest import cli_env, tiny_experiment
 
@@ -23,6 +24,7 @@ def finished_trials(out: Path, epochs: int) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_resume_after_the_driver_is_killed(coats: Path, tmp_path: Path) -> None:
     experiment = tiny_experiment(tmp_path, coats, trials=5, epochs=3)
     out = tmp_path / "out"

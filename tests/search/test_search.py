@@ -93,6 +93,7 @@ def test_predict_reports_an_unreadable_image_on_its_row(asha_run, tmp_path: Path
     assert frame["error"].iloc[0]
 
 
+@pytest.mark.slow
 def test_with_the_dashboard_it_answers_and_nothing_is_left_either(coats: Path, tmp_path: Path) -> None:
     experiment = write_experiment(tmp_path, ASHA_EXPERIMENT.format(data=coats))
     probe_out = tmp_path / "probe.json"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search.space import HPARAM_NAMES, hparams, recipe_points, space_function
+from search.space import hparams, recipe_points, space_function
 from search.spec import Choice, Experiment, LogUniform, Space, SpecError
+from trainables.archs import ARCHS
+from trainables.hparams import HParams
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -25,7 +27,7 @@ def sample(space: Space, n: int = 200) -> list[dict]:
 
 
 def test_conditional_parameters_appear_only_with_their_parent() -> None:
-    configs = sample(Space())
+    configs = sample(Space(arch=Choice("small_cnn", "inception_frozen", "inception_partial")))
     for config in configs:
         assert ("unfrozen_blocks" in config) == (config["arch"] == "inception_partial")
         assert ("head_units" in config) == config["arch"].startswith("inception")
@@ -39,7 +41,7 @@ def test_conditional_parameters_appear_only_with_their_parent() -> None:
     assert {c["optimizer"] for c in configs} == {"rmsprop", "adam", "sgd"}
     searched = sample(Space(arch="inception_frozen", feature_views=Choice(0, 4)), n=30)
     assert {c["feature_views"] for c in searched} == {0, 4}
-    assert hparams(searched[0])["feature_views"] in (0, 4)
+    assert hparams(searched[0], "imagenet").feature_views in (0, 4)
 
 
 def test_samples_stay_inside_their_domains() -> None:
@@ -64,9 +66,18 @@ def test_pinned_parameters_are_constants_not_searched() -> None:
 
 def test_hparams_resolve_the_learning_rate_and_leave_unused_ones_empty() -> None:
     resolved = hparams({"arch": "inception_frozen", "augment": 0.1, "optimizer": "sgd", "lr_sgd": 0.01,
-                        "momentum": 0.9, "batch_size": 32, "dropout": 0.2})
-    assert set(resolved) == set(HPARAM_NAMES)
-    assert resolved["lr"] == 0.01 and resolved["cnn_width"] is None and resolved["unfrozen_blocks"] is None
+                        "momentum": 0.9, "batch_size": 32, "dropout": 0.2, "head_units": 64,
+                        "cnn_width": 16}, "imagenet")  # a constant the drawn arch does not use
+    assert isinstance(resolved, HParams) and resolved.weights == "imagenet"
+    assert resolved.lr == 0.01 and resolved.momentum == 0.9 and resolved.head_units == 64
+    assert resolved.cnn_width is None and resolved.unfrozen_blocks is None
+
+
+def test_every_architecture_asks_exactly_what_its_table_entry_searches() -> None:
+    for name, arch in ARCHS.items():
+        config = sample(Space(arch=name, optimizer="adam"), n=1)[0]
+        assert {k for k in config if k in ("unfrozen_blocks", "head_units", "feature_views", "cnn_width",
+                                           "cnn_depth")} == set(arch.searches)
 
 
 def test_recipes_become_optuna_points_evaluated_first() -> None:

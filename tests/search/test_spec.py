@@ -6,8 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from search.spec import (Budget, Choice, Experiment, IntRange, LogUniform, Resources, Space, SpecError,
-                         Uniform, load_experiment, replace)
+from search.spec import (
+    Budget,
+    Choice,
+    Experiment,
+    IntRange,
+    LogUniform,
+    Resources,
+    Space,
+    SpecError,
+    Uniform,
+    load_experiment,
+    replace,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

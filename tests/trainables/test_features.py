@@ -17,7 +17,7 @@ from trainables import data
 from trainables.loop import fit, normalize, to_input
 
 CPU = torch.device("cpu")
-FROZEN = {**HP, "arch": "inception_frozen", "weights": "imagenet", "dropout": 0.2, "head_units": 32}
+FROZEN = HP.replace(arch="inception_frozen", weights="imagenet", dropout=0.2, head_units=32)
 EPOCHS = 3
 
 
@@ -99,6 +99,7 @@ def test_cached_features_give_what_running_the_backbone_every_epoch_gives(arrays
     assert cached["model"].training is False
 
 
+@pytest.mark.slow  # three Inception runs
 def test_resuming_with_cached_features_repeats_the_uninterrupted_run(arrays: data.ArrayData, tmp_path: Path) -> None:
     whole = run(FROZEN, arrays)
     torch.save(run(FROZEN, arrays, epochs=EPOCHS - 1)["states"][-1], tmp_path / "state.pt")
@@ -118,7 +119,7 @@ def test_resuming_with_cached_features_repeats_the_uninterrupted_run(arrays: dat
 ], ids=lambda change: "-".join(f"{k}={v}" for k, v in change.items()))
 def test_features_are_not_cached_when_they_would_change(arrays: data.ArrayData, change: dict) -> None:
     epochs = 2
-    result = run({**FROZEN, **change}, arrays, epochs=epochs)
+    result = run(FROZEN.replace(**change), arrays, epochs=epochs)
     assert result["trained"] == [result["model"]]
     if change.get("arch") != "small_cnn":
         assert result["backbone_images"] >= epochs * len(arrays.train.labels)
@@ -126,10 +127,10 @@ def test_features_are_not_cached_when_they_would_change(arrays: data.ArrayData, 
 
 def test_augmented_views_are_cached_once_and_reused(arrays: data.ArrayData) -> None:
     views = 2
-    result = run({**FROZEN, "augment": 0.5, "feature_views": views}, arrays)
+    result = run(FROZEN.replace(augment=0.5, feature_views=views), arrays)
     assert result["backbone_images"] == views * len(arrays.train.labels) + len(arrays.val.labels)
     assert result["trained"] == [result["model"].head]
-    again = run({**FROZEN, "augment": 0.5, "feature_views": views}, arrays)
+    again = run(FROZEN.replace(augment=0.5, feature_views=views), arrays)
     assert_same_metrics(again["metrics"], result["metrics"], 0)  # seeded: the same views
-    one_view = run({**FROZEN, "augment": 0.5, "feature_views": 1}, arrays)
+    one_view = run(FROZEN.replace(augment=0.5, feature_views=1), arrays)
     assert one_view["metrics"][-1]["train_loss"] != result["metrics"][-1]["train_loss"]

@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.spec import ARCH_CHOICES, INCEPTION_BLOCK_COUNT, OPTIMIZER_CHOICES
+from search.spec import OPTIMIZER_CHOICES
 from trainables import data, models, optimizers
+from trainables.archs import ARCHS
+from trainables.hparams import HParams
 from trainables.loop import evaluate, fit
 
-HP = {"arch": "small_cnn", "cnn_width": 16, "cnn_depth": 3, "augment": 0.0, "optimizer": "adam",
-      "lr": 3e-3, "momentum": None, "batch_size": 16, "dropout": 0.0, "weights": "none", "unfrozen_blocks": None,
-      "head_units": 128}
+HP = HParams(arch="small_cnn", cnn_width=16, cnn_depth=3, augment=0.0, optimizer="adam",
+      lr=3e-3, momentum=None, batch_size=16, dropout=0.0, weights="none", unfrozen_blocks=None,
+      head_units=128)
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +25,9 @@ def arrays(coats: Path, tmp_path_factory: pytest.TempPathFactory) -> data.ArrayD
 
 
 def test_registries_hold_exactly_the_names_the_space_uses() -> None:
-    assert set(models.REGISTRY) == set(ARCH_CHOICES)
+    assert {arch.family for arch in ARCHS.values()} == set(models.BUILDERS)
     assert set(optimizers.REGISTRY) == set(OPTIMIZER_CHOICES)
-    assert len(models.INCEPTION_BLOCKS) == INCEPTION_BLOCK_COUNT
+    assert len(models.INCEPTION_BLOCKS) == ARCHS["inception_partial"].blocks
 
 
 def test_training_reduces_the_loss(arrays: data.ArrayData) -> None:
@@ -51,7 +53,7 @@ def test_resume_continues_after_the_saved_epoch(arrays: data.ArrayData, tmp_path
 
 
 def test_a_diverging_run_fails_with_a_clear_error(arrays: data.ArrayData) -> None:
-    hp = {**HP, "optimizer": "sgd", "lr": 1e9, "momentum": 0.9}
+    hp = HP.replace(optimizer="sgd", lr=1e9, momentum=0.9)
     with pytest.raises(FloatingPointError, match="diverged"):
         fit(hp, arrays, 2, lambda m, s: None, device=torch.device("cpu"))
 
@@ -59,25 +61,25 @@ def test_a_diverging_run_fails_with_a_clear_error(arrays: data.ArrayData) -> Non
 @pytest.mark.parametrize("arch, extra", [("small_cnn", {"cnn_width": 8, "cnn_depth": 5}),
                                          ("inception_frozen", {}), ("inception_partial", {"unfrozen_blocks": 2})])
 def test_every_arch_takes_the_smallest_allowed_image(arch: str, extra: dict) -> None:
-    model = models.create_model(3, {**HP, "arch": arch, **extra})
+    model = models.create_model(3, HP.replace(arch=arch, **extra))
     size = 75 if arch.startswith("inception") else 16
     model.train()
     assert model(torch.rand(2, 3, size, size)).shape == (2, 3)
 
 
 def test_frozen_inception_trains_only_its_head_and_partial_its_top_blocks() -> None:
-    frozen = models.create_model(2, {**HP, "arch": "inception_frozen"})
+    frozen = models.create_model(2, HP.replace(arch="inception_frozen"))
     trainable = {n.split(".")[0] + "." + n.split(".")[1] for n, p in frozen.named_parameters() if p.requires_grad}
     assert all(n.startswith("head.") for n in trainable)
-    partial = models.create_model(2, {**HP, "arch": "inception_partial", "unfrozen_blocks": 2})
+    partial = models.create_model(2, HP.replace(arch="inception_partial", unfrozen_blocks=2))
     blocks = {n.split(".")[1] for n, p in partial.named_parameters() if p.requires_grad and n.startswith("backbone.")}
     assert blocks == {"Mixed_7b", "Mixed_7c"}
 
 
 def test_head_units_zero_is_one_linear_layer_on_the_pooled_features() -> None:
-    linear = models.create_model(3, {**HP, "arch": "inception_frozen", "head_units": 0})
+    linear = models.create_model(3, HP.replace(arch="inception_frozen", head_units=0))
     assert [type(m).__name__ for m in linear.head] == ["Dropout", "Linear"] and linear.head[1].in_features == 2048
-    hidden = models.create_model(3, {**HP, "arch": "inception_frozen", "head_units": 128})
+    hidden = models.create_model(3, HP.replace(arch="inception_frozen", head_units=128))
     assert [m.out_features for m in hidden.head if isinstance(m, torch.nn.Linear)] == [128, 3]
 
 
@@ -87,7 +89,7 @@ def test_missing_imagenet_weights_say_which_file_to_place_where(tmp_path: Path, 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
                         lambda *a, **k: (_ for _ in ()).throw(OSError("network is unreachable")))
     with pytest.raises(models.WeightsUnavailable) as err:
-        models.create_model(2, {**HP, "arch": "inception_frozen", "weights": "imagenet"})
+        models.create_model(2, HP.replace(arch="inception_frozen", weights="imagenet"))
     message = str(err.value)
     assert "inception_v3_google-0cc3c7bd.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
     assert "weights='none'" in message

@@ -16,17 +16,19 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from search.best.export import ExportError, export_best, load_best, top_k
-from trainables import models
+from search.best.export import export_best
+from search.best.loader import ExportError, load_best, top_k
+from trainables import archs, models
+from trainables.hparams import HParams
 
 CLASSES = ("cheetah", "hyena", "jaguar")
-HP = {"arch": "small_cnn", "cnn_width": 8, "cnn_depth": 2, "augment": 0.0, "optimizer": "adam", "lr": 1e-3,
-      "momentum": None, "batch_size": 16, "dropout": 0.0, "weights": "none", "unfrozen_blocks": None,
-      "head_units": 128}
+HP = HParams(arch="small_cnn", cnn_width=8, cnn_depth=2, augment=0.0, optimizer="adam", lr=1e-3,
+      momentum=None, batch_size=16, dropout=0.0, weights="none", unfrozen_blocks=None,
+      head_units=128)
 SIZE_PX = 32
 
 
-def make_export(out: Path, hp: dict = HP, image_size_px: int = SIZE_PX, model: nn.Module | None = None,
+def make_export(out: Path, hp: HParams = HP, image_size_px: int = SIZE_PX, model: nn.Module | None = None,
                 trial_id: str = "trial_1") -> nn.Module:
     """Export a random-weight model (or `model`) as a search would; returns the model in eval mode."""
     torch.manual_seed(0)
@@ -141,13 +143,14 @@ def calibrated(model: nn.Module, size_px: int) -> nn.Module:
     return model.eval()
 
 
+@pytest.mark.slow  # Inception's ONNX export: ~25 s on 2 cores
 def test_inception_from_imagenet_weights_exports_and_reloads_exactly(tmp_path: Path, monkeypatch) -> None:
     from torchvision.models import inception_v3
 
     # Stands in for the ImageNet download: same layout, random values.
-    monkeypatch.setattr(models, "load_inception_weights",
-                        lambda: inception_v3(weights=None, aux_logits=False, init_weights=False).state_dict())
-    hp = {**HP, "arch": "inception_partial", "unfrozen_blocks": 2, "weights": "imagenet"}
+    monkeypatch.setattr(models, "load_pretrained",
+                        lambda arch: inception_v3(weights=None, aux_logits=False, init_weights=False).state_dict())
+    hp = HP.replace(arch="inception_partial", unfrozen_blocks=2, weights="imagenet")
     torch.manual_seed(0)
     size = 75  # the smallest input Inception v3 takes: keeps the test to seconds
     model = calibrated(models.create_model(len(CLASSES), hp), size)
@@ -218,8 +221,11 @@ class DataDependent(nn.Module):
 
 
 def test_a_model_onnx_cannot_express_still_exports_its_weights(tmp_path: Path, monkeypatch, capfd) -> None:
-    monkeypatch.setitem(models.REGISTRY, "data_dependent", lambda num_classes, hp, load_weights: DataDependent(num_classes))
-    make_export(tmp_path, {**HP, "arch": "data_dependent"})
+    # A new architecture is one table entry plus one builder.
+    monkeypatch.setitem(archs.ARCHS, "data_dependent", archs.Arch("data_dependent", "data_dependent", (), 16))
+    monkeypatch.setitem(models.BUILDERS, "data_dependent",
+                        lambda arch, hp, num_classes, load_weights: DataDependent(num_classes))
+    make_export(tmp_path, HP.replace(arch="data_dependent"))
     out, err = capfd.readouterr()
     assert out == "" and len(err.splitlines()) == 1 and err.startswith("warning: ")
     assert "model.onnx not written" in err and "model.pt is complete" in err

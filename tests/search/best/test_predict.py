@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import cli_env
-from tests.search.test_export import CLASSES, make_export, write_images
+from tests.search.best.test_export import CLASSES, make_export, write_images
 
 
 def run_predict(*args: str, cwd: Path) -> subprocess.CompletedProcess:

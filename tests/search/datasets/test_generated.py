@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainables import synthetic
+from search.datasets import generated as synthetic
 from search.datasets.generated import CLASSES, GENERATORS, ensure_generated, generate_coats
 
 

@@ -44,7 +44,8 @@ def test_split_tree_by_ratio_is_seeded_and_can_hard_link(tmp_path: Path) -> None
     linked = next((tmp_path / "a" / "test" / "grizzly").iterdir())
     assert os.path.samefile(linked, source / "grizzly" / linked.name)
     assert main(["split", str(source), str(tmp_path / "b"), "--seed", "3"]) == 0
-    assert sorted(os.listdir(tmp_path / "a" / "test" / "grizzly")) == sorted(os.listdir(tmp_path / "b" / "test" / "grizzly"))
+    test_a, test_b = (sorted(os.listdir(tmp_path / run / "test" / "grizzly")) for run in ("a", "b"))
+    assert test_a == test_b
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainables import data
 from search.datasets.leakage import difference_hash, find_leakage, near_pairs
+from trainables import data
 
 
 @pytest.fixture(scope="module")

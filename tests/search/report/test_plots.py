@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.report import plots, table as report
-from tests.search.test_report import CLASSES, PNG_SIGNATURE, fake_run
+from search.report import plots
+from search.report.stored import trial_history
+from search.report.table import trial_table
+from tests.search.report.test_table import CLASSES, PNG_SIGNATURE, fake_run
 
 
 def assert_png(path: Path, min_width: int = 200, min_height: int = 150) -> np.ndarray:
@@ -31,12 +33,12 @@ def red_pixels(pixels: np.ndarray) -> int:
 @pytest.fixture(scope="module")
 def run_and_table():
     run = fake_run()
-    return run, report.trial_table(run.trials, run.history, run.facts)
+    return run, trial_table(run.trials, run.history, run.facts)
 
 
 def test_learning_curves_and_trial_curves(tmp_path: Path, run_and_table) -> None:
     run, table = run_and_table
-    assert_png(plots.learning_curves(report.trial_history(run.history, "aaaa"), "aaaa", tmp_path / "a.png"))
+    assert_png(plots.learning_curves(trial_history(run.history, "aaaa"), "aaaa", tmp_path / "a.png"))
     assert_png(plots.trial_curves(run.history, table, "val_acc", run.best, [1, 2], 4, tmp_path / "b.png"))
     # no winner (every trial failed), a single epoch, no rungs
     one = run.history[run.history["trial_id"] == "cccc"]

@@ -1,11 +1,9 @@
-"""The report: a trial's row (best epoch, status, recipe), the run stored for it, the page built
-from it, and `python -m search.report` rebuilding it; all without Ray."""
+"""The report's table (a trial's row: best epoch, status, recipe), the run stored for it, and
+`python -m search.report` rebuilding the report from it; all without Ray. The fake finished
+search here serves the report's other tests too."""
 
 from __future__ import annotations
 
-import base64
-import io
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
-from search.report import table as report
-from search.report.table import SearchFacts, StoredRun, TrialRecord, trial_row
-from search.report.page import build, classification, param_importances
+from search.files import GRID_FILE, HISTORY_FILE, INPUTS_FILE, PREDICTIONS_FILE, REPORT_CSV, REPORT_HTML, REPORT_MD
+from search.report import stored, table
+from search.report.page import build
+from search.report.stored import SearchFacts, StoredRun, TrialRecord
+from search.report.table import trial_row
 from search.space import hparams
 from tests.conftest import cli_env
 
@@ -72,7 +71,7 @@ def fake_run(seed: int = 0) -> StoredRun:
               TrialRecord("cccc", 3, _config("adam", 2e-4, 8), None),
               TrialRecord("dddd", 4, _config("sgd", 1e-3, 16, momentum=0.5), None),
               TrialRecord("eeee", 5, _config("adam", 5e-2, 16), "Traceback ...\nFloatingPointError: diverged")]
-    history = report.history_frame({"aaaa": _epochs("aaaa", [0.4, 0.6, 0.8, 0.75]),
+    history = stored.history_frame({"aaaa": _epochs("aaaa", [0.4, 0.6, 0.8, 0.75]),
                                     "bbbb": _epochs("bbbb", [0.5, 0.55, 0.6, 0.6]),
                                     "cccc": _epochs("cccc", [0.3]), "dddd": _epochs("dddd", [0.35, 0.4]),
                                     "eeee": None})
@@ -80,11 +79,11 @@ def fake_run(seed: int = 0) -> StoredRun:
     labels = np.repeat(np.arange(3), 4)
     probabilities = rng.dirichlet(np.ones(3), size=len(labels))
     probabilities[:8] = np.eye(3)[labels[:8]] * 0.7 + 0.1  # 8 right, the rest as they fall
-    predictions = report.predictions_frame([f"test/{CLASSES[y]}/{i}.jpg" for i, y in enumerate(labels)], labels,
+    predictions = table.predictions_frame([f"test/{CLASSES[y]}/{i}.jpg" for i, y in enumerate(labels)], labels,
                                            probabilities, CLASSES)
-    shown = report.grid_indices(predictions)
+    shown = table.grid_indices(predictions)
     images = rng.integers(0, 256, size=(len(labels), 16, 16, 3), dtype=np.uint8)
-    hp = {**hparams(trials[0].config), "weights": "none"}
+    hp = hparams(trials[0].config, "none").to_dict()
     accuracy = float((predictions["true"] == predictions["predicted"]).mean())
     best = {"trial_id": "aaaa", "trial_number": 1, "epoch": 3, "hparams": hp, "test_images": len(labels),
             "metrics": {"val_acc": 0.8, "val_loss": 0.2, "train_acc": 0.8, "train_loss": 0.8, "epochs_run": 4,
@@ -107,97 +106,27 @@ def fake_study(out: Path, values: list[float], name: str = "fake") -> None:
 
 def test_ties_go_to_the_earlier_trial() -> None:
     rows = [trial_row(t, n, CONFIG, HISTORY, None, "val_acc", "max", 3, []) for t, n in (("late", 2), ("early", 1))]
-    assert list(report.table(rows, "val_acc", "max")["trial_id"]) == ["early", "late"]
+    assert list(table.table(rows, "val_acc", "max")["trial_id"]) == ["early", "late"]
 
 
 def test_a_stored_run_loads_back_to_the_same_table(tmp_path: Path) -> None:
     run = fake_run()
-    report.store(tmp_path, run)
-    loaded = report.load(tmp_path)
+    stored.store(tmp_path, run)
+    loaded = stored.load(tmp_path)
     assert loaded.facts == run.facts and loaded.trials == run.trials and loaded.best == run.best
-    expected = report.trial_table(run.trials, run.history, run.facts)
-    pd.testing.assert_frame_equal(report.trial_table(loaded.trials, loaded.history, loaded.facts), expected)
+    expected = table.trial_table(run.trials, run.history, run.facts)
+    pd.testing.assert_frame_equal(table.trial_table(loaded.trials, loaded.history, loaded.facts), expected)
     assert list(expected["trial_id"]) == ["aaaa", "bbbb", "dddd", "cccc", "eeee"]
     assert list(expected["status"]) == ["completed", "completed", "early_stopped", "early_stopped", "error"]
     assert (loaded.grid[1] == run.grid[1]).all()
     assert list(loaded.predictions["predicted"]) == list(run.predictions["predicted"])
 
 
-def test_classification_report_counts_by_hand() -> None:
-    true = np.array([0, 0, 0, 1, 1, 2])
-    predicted = np.array([0, 0, 1, 1, 1, 1])  # fox is never predicted
-    confusion, per_class = classification(true, predicted, CLASSES)
-    assert confusion.tolist() == [[2, 1, 0], [0, 2, 0], [0, 1, 0]]
-    rows = per_class.set_index("class")
-    assert rows.loc["cat", ["precision", "recall"]].tolist() == [1.0, pytest.approx(2 / 3)]
-    assert rows.loc["dog", ["precision", "recall", "f1"]].tolist() == [0.5, 1.0, pytest.approx(2 / 3)]
-    assert rows.loc["fox", ["precision", "recall", "f1", "support"]].tolist() == [0, 0, 0, 1]
-    assert rows.loc["macro avg", "recall"] == pytest.approx((2 / 3 + 1 + 0) / 3)
-    assert rows.loc["weighted avg", "recall"] == pytest.approx(4 / 6)  # = accuracy
-
-
 def test_the_grid_shows_mistakes_first_and_every_class() -> None:
     run = fake_run()
-    shown = run.predictions.iloc[report.grid_indices(run.predictions, count=6)]
+    shown = run.predictions.iloc[table.grid_indices(run.predictions, count=6)]
     wrong = shown["true"] != shown["predicted"]
     assert len(shown) == 6 and wrong.sum() == 3 and set(shown.loc[~wrong, "true"]) == set(CLASSES)
-
-
-def test_importance_is_computed_or_its_absence_explained(tmp_path: Path) -> None:
-    facts = fake_run().facts
-    values, note = param_importances(tmp_path, facts)
-    assert values is None and "optuna.db" in note
-    fake_study(tmp_path, [0.5])
-    values, note = param_importances(tmp_path, facts)
-    assert values is None and "1 finished trial" in note
-    (tmp_path / "optuna.db").unlink()
-    fake_study(tmp_path, [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.15, 0.85, 0.25, 0.75, 0.05, 0.95])
-    values, _ = param_importances(tmp_path, facts)
-    assert set(values) == {"lr", "optimizer"} and sum(values.values()) == pytest.approx(1.0)
-
-
-def _pngs_in_html(page: str) -> list[bytes]:
-    return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
-
-
-def test_the_page_names_the_winner_and_is_self_contained(tmp_path: Path) -> None:
-    run = fake_run()
-    fake_study(tmp_path, [0.8, 0.6, 0.3, 0.4, 0.5, 0.7])
-    page = build(tmp_path, run).read_text()
-    markdown = (tmp_path / "report.md").read_text()
-    table = pd.read_csv(tmp_path / "report.csv")
-    assert len(table) == 5 and table["trial_id"].iloc[0] == "aaaa" == run.best["trial_id"]
-    for text in (page, markdown):
-        assert "Winner: trial aaaa (#1, recipe 1), small_cnn" in text
-        assert "5 trials ran: 2 completed all 4 epochs, 2 stopped early by ASHA, 1 errored." in text
-        assert "runner-up trial" in text and "bbbb" in text
-    # one file: no scripts, styles or pictures fetched from anywhere
-    assert not re.search(r'(src|href)\s*=\s*"(?!data:)', page) and "<link" not in page and "<script" not in page
-    pictures = sorted((tmp_path / "plots").glob("*.png"))
-    assert [p.stem for p in pictures] == ["best_learning_curves", "confusion_matrix", "parallel_coordinates",
-                                          "param_importance", "test_images", "trial_curves"]
-    assert sorted(_pngs_in_html(page)) == sorted(p.read_bytes() for p in pictures)
-    for picture in pictures:
-        assert f"plots/{picture.name}" in markdown
-        assert picture.read_bytes().startswith(PNG_SIGNATURE)
-        with Image.open(io.BytesIO(picture.read_bytes())) as image:
-            assert image.width > 200 and image.height > 150
-
-
-def test_a_page_without_importance_says_why(tmp_path: Path) -> None:
-    page = build(tmp_path, fake_run()).read_text()
-    assert "Parameter importance: not computed: this run kept no Optuna study (optuna.db is missing)." in page
-    assert not (tmp_path / "plots" / "param_importance.png").exists()
-
-
-def test_a_run_without_a_model_still_gets_a_page(tmp_path: Path) -> None:
-    run = fake_run()
-    failed = StoredRun(run.facts, [TrialRecord("eeee", 1, run.trials[4].config, "boom")],
-                       run.history[run.history["trial_id"] == "eeee"])
-    report.store(tmp_path, failed)
-    page = build(tmp_path, report.load(tmp_path)).read_text()
-    assert "No trial produced a model" in page and "1 errored" in page
-    assert not (tmp_path / report.PREDICTIONS_FILE).exists()
 
 
 def run_report_cli(out: Path) -> subprocess.CompletedProcess:
@@ -210,24 +139,23 @@ def assert_report_rebuilds(out: Path, trials: int) -> None:
     the Optuna study with every trial, and `python -m search.report` rebuilding the same table."""
     import optuna
 
-    for name in ("report.md", "report.html", "report.csv", report.INPUTS_FILE, report.HISTORY_FILE,
-                 report.PREDICTIONS_FILE, report.GRID_FILE):
+    for name in (REPORT_MD, REPORT_HTML, REPORT_CSV, INPUTS_FILE, HISTORY_FILE, PREDICTIONS_FILE, GRID_FILE):
         assert (out / name).is_file(), name
-    facts = report.load(out).facts
+    facts = stored.load(out).facts
     assert len(optuna.load_study(study_name=facts.name, storage=f"sqlite:///{out / 'optuna.db'}").trials) == trials
-    before = (out / "report.csv").read_bytes()
-    (out / "report.csv").unlink()
-    (out / "report.html").unlink()
+    before = (out / REPORT_CSV).read_bytes()
+    (out / REPORT_CSV).unlink()
+    (out / REPORT_HTML).unlink()
     proc = run_report_cli(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "report.csv").read_bytes() == before and (out / "report.html").is_file()
+    assert (out / REPORT_CSV).read_bytes() == before and (out / REPORT_HTML).is_file()
 
 
 def test_the_cli_rebuilds_an_identical_report(tmp_path: Path) -> None:
     run = fake_run()
-    report.store(tmp_path, run)
+    stored.store(tmp_path, run)
     build(tmp_path, run)
-    before = {name: (tmp_path / name).read_bytes() for name in ("report.csv", "report.md")}
+    before = {name: (tmp_path / name).read_bytes() for name in (REPORT_CSV, REPORT_MD)}
     for name in before:
         (tmp_path / name).unlink()
     proc = run_report_cli(tmp_path)

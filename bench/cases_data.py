@@ -1,0 +1,52 @@
+"""The data cases of `python -m bench`: the decoded cache's build, reuse and load, and one
+epoch of data work the naive way and ours, with no model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.inputs import cached_batches, naive_batches, naive_loader
+from bench.measure import CPUS, VAL_FRACTION, Batches, Measure, interleaved, timed
+from bench.records import NAIVE, Record, record
+from trainables import data
+
+
+def data_cases(root: Path, size_px: int, device: torch.device, batch_size: int, cache_dir: Path,
+               rounds: int) -> list[Record]:
+    """Cache build (cold: a new folder each round), reuse and load, then one epoch of data work
+    the naive way (0 and all-core workers, started each epoch as a plain DataLoader does) and ours."""
+    cpu = torch.device("cpu")
+    files = sum(len(items) for items in data.scan(root).files.values())
+    cache = data.prepare(root, size_px, VAL_FRACTION, 0, cache_dir / "arrays").path
+    arrays = data.load(cache)
+    generator = torch.Generator(device=device).manual_seed(0)
+    next(cached_batches(arrays.train, batch_size, device, generator, 0))  # warm-up: kernels, allocator
+
+    def prepare(round_: int, reused: bool) -> int:
+        prepared = data.prepare(root, size_px, VAL_FRACTION, 0, cache_dir / f"round{round_}")
+        assert prepared.reused == reused, f"{prepared.path}: expected reused={reused}"
+        return files
+
+    def load() -> int:
+        loaded = data.load(cache)
+        return sum(len(split.labels) for split in (loaded.train, loaded.val, loaded.test))
+
+    def epoch(batches: Callable[[int], Batches]) -> Measure:
+        return lambda round_: timed(device, lambda: sum(len(labels) for _, labels in batches(round_)))
+
+    def naive(workers: int) -> Measure:
+        return epoch(lambda _: naive_batches(naive_loader(root, size_px, workers, batch_size), device))
+
+    measures: dict[str, Measure] = {
+        "cache build: decode every JPEG once (cold)": lambda r: timed(cpu, lambda: prepare(r, reused=False)),
+        "cache reuse: content hash only": lambda r: timed(cpu, lambda: prepare(r, reused=True)),
+        "cache load: read the .npz": lambda r: timed(cpu, load),
+        **{f"{NAIVE} data epoch: PIL decode + augment, DataLoader {w} workers": naive(w) for w in sorted({0, CPUS})},
+        "cached data epoch: uint8 cache + batched augment":
+            epoch(lambda r: cached_batches(arrays.train, batch_size, device, generator, r + 1)),
+    }
+    common = {"arch": None, "device": device.type, "size_px": size_px, "batch_size": batch_size}
+    return [record(case, results, **common) for case, results in interleaved(measures, rounds).items()]
