@@ -3,13 +3,16 @@
 `best/model.pt` is a plain state dict (`torch.load(..., weights_only=True)` reads it);
 `best/model.onnx` the same model for ONNX Runtime and other tools (see `search.best.onnx`);
 `best/meta.json` holds the classes in output order, the architecture and its hyperparameters,
-the preprocessing, the metrics, the sha256 of each model file and the library versions.
-`search.best.loader` reads it back.
+the preprocessing, the metrics, the sha256 of each model file, the library versions, and
+`meta_sha256`, the sha256 of meta.json's own content, so that an edit to its classes or config
+cannot pass for the export. `search.best.loader` reads it back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -21,20 +24,54 @@ import torch
 from torch import nn
 
 from search.best.onnx import export_onnx
-from search.files import BEST_DIR, META_FILE, MODEL_FILE, ONNX_FILE, write_json
+from search.files import BEST_DIR, META_FILE, MODEL_FILE, ONNX_FILE, json_default, write_json
 from trainables.data import file_sha256
 from trainables.hparams import HParams
 from trainables.loop import MEAN, STD
 from trainables.models import create_model
 
+META_DIGEST = "meta_sha256"  # meta.json's field holding the sha256 of the rest of it
+
 
 def build_model(classes: list[str] | tuple[str, ...], hp: HParams, weights: dict[str, Any]) -> nn.Module:
-    """The architecture `hp` describes, with these trained weights, in eval mode on the CPU."""
+    """The architecture `hp` describes, with these trained weights, in eval mode on the CPU.
+
+    Raises ValueError naming the first weight that does not fit, above all a final layer whose
+    outputs are not one per class (load_state_dict's own error is a traceback listing keys).
+    """
     # The state dict carries every weight, so never fetch pretrained ones just to overwrite
     # them; the layout they imply (Inception's [-1, 1] input scaling) is kept.
     model = create_model(len(classes), hp, load_weights=False)
+    problem = _misfit(model.state_dict(), weights, len(classes), hp.arch)
+    if problem:
+        raise ValueError(problem)
     model.load_state_dict(weights)
     return model.eval()
+
+
+def _misfit(expected: dict[str, torch.Tensor], weights: dict[str, Any], num_classes: int, arch: str) -> str | None:
+    """Why `weights` cannot load into a model whose state dict is `expected`, or None when they can."""
+    matrices = [name for name, value in expected.items() if value.ndim == 2]
+    head = weights.get(matrices[-1]) if matrices else None  # the final layer: its rows are the outputs
+    if isinstance(head, torch.Tensor) and head.ndim == 2 and head.shape[0] != num_classes:
+        return f"the weights' final layer {matrices[-1]} gives {head.shape[0]} outputs for {num_classes} classes"
+    for name, value in expected.items():
+        if name not in weights:
+            return f"the weights lack {name}, which {arch} needs"
+        shape = list(getattr(weights[name], "shape", []))
+        if shape != list(value.shape):
+            return f"the weights' {name} has shape {shape}, {arch} needs {list(value.shape)}"
+    extra = next((name for name in weights if name not in expected), None)
+    return f"the weights hold {extra}, which {arch} lacks" if extra else None
+
+
+def meta_sha256(meta: dict[str, Any]) -> str:
+    """sha256 of `meta` without its `meta_sha256` field, as canonical JSON (keys sorted, no
+    spaces): written by `export_best`, checked by the loader before meta.json is used."""
+    body = {key: value for key, value in meta.items() if key != META_DIGEST}
+    # Through JSON first, so the writer hashes what a reader parses (int keys become strings).
+    parsed = json.loads(json.dumps(body, default=json_default))
+    return hashlib.sha256(json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: HParams,
@@ -67,6 +104,7 @@ def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: 
                   f"complete; details in {out / BEST_DIR / meta['onnx']['log']}", file=sys.stderr, flush=True)
         listed = [MODEL_FILE] + ([meta["onnx"]["file"]] if "file" in meta["onnx"] else [])
         meta["files"] = {name: file_sha256(staging / name) for name in listed}
+        meta[META_DIGEST] = meta_sha256(meta)
         write_json(staging / META_FILE, meta)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -13,13 +13,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from search.best.export import build_model
+from search.best.export import META_DIGEST, build_model, meta_sha256
 from search.files import BEST_DIR, META_FILE, MODEL_FILE
 from trainables.data import decode, file_sha256, is_image_file
 from trainables.hparams import HParams
 from trainables.loop import default_device, predict_logits
 
-REEXPORT = "tampered or partial export; re-run the search or re-export"
+RERUN = "re-run the search or re-export"
+REEXPORT = f"tampered or partial export; {RERUN}"
 
 
 class ExportError(ValueError):
@@ -90,7 +91,8 @@ def _expand(paths: list[str | Path]) -> list[Path]:
 
 
 def read_meta(out: str | Path) -> dict[str, Any]:
-    """`out/best/meta.json`, once every model file it lists is there with its recorded sha256."""
+    """`out/best/meta.json`, once its own content matches its `meta_sha256` and every model file
+    it lists is there with its recorded sha256."""
     folder = Path(out) / BEST_DIR
     meta_path = folder / META_FILE
     if not folder.is_dir():
@@ -99,7 +101,13 @@ def read_meta(out: str | Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as err:
         raise ExportError(f"{meta_path}: missing or unreadable ({type(err).__name__}); {REEXPORT}") from None
-    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or META_DIGEST not in meta:
+        raise ExportError(f"{meta_path}: carries no {META_DIGEST} of its own content (an export from an older "
+                          f"version, or an edited meta.json); {REEXPORT}")
+    if meta[META_DIGEST] != meta_sha256(meta):
+        raise ExportError(f"{meta_path}: modified after export (its content no longer matches its {META_DIGEST}); "
+                          f"{RERUN}")
+    files = meta.get("files")
     if not isinstance(files, dict) or MODEL_FILE not in files:
         raise ExportError(f"{meta_path}: lists no sha256 of its model files (an export from an older version, "
                           f"or an edited meta.json); {REEXPORT}")
@@ -117,8 +125,8 @@ def load_best(out: str | Path, device: str | torch.device | None = None) -> Pred
 
     `out` is the search's `--out`: a folder, or a URI such as s3://bucket/prefix.
 
-    Raises FileNotFoundError when there is no export, ExportError when it is incomplete or
-    was modified.
+    Raises FileNotFoundError when there is no export, ExportError when it is incomplete, was
+    modified, or its weights do not fit its meta.json's classes and config.
     """
     if "://" in str(out):  # a search that wrote to s3://... or another URI: fetch best/ first
         from search.storage import open_output
@@ -126,7 +134,11 @@ def load_best(out: str | Path, device: str | torch.device | None = None) -> Pred
 
         out = open_output(str(out), default_cache_dir()).fetch(BEST_DIR).parent
     meta = read_meta(out)
-    weights = torch.load(Path(out) / BEST_DIR / MODEL_FILE, map_location="cpu", weights_only=True)
-    model = build_model(meta["classes"], HParams.from_dict(meta["config"]), weights)
+    model_path = Path(out) / BEST_DIR / MODEL_FILE
+    weights = torch.load(model_path, map_location="cpu", weights_only=True)
+    try:
+        model = build_model(meta["classes"], HParams.from_dict(meta["config"]), weights)
+    except ValueError as err:  # the weights do not fit meta.json's classes or config
+        raise ExportError(f"{model_path}: does not fit {META_FILE}: {err}; {REEXPORT}") from None
     target = torch.device(device) if device else default_device()
     return Predictor(model.to(target), meta, target)

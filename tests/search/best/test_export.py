@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -16,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from search.best.export import export_best
+from search.best.export import export_best, meta_sha256
 from search.best.loader import ExportError, load_best, top_k
 from trainables import archs, models
 from trainables.hparams import HParams
@@ -67,6 +69,17 @@ def onnx_client(best: Path, paths: list[Path]) -> tuple[list[str], np.ndarray]:
     return [meta["classes"][i] for i in probs.argmax(axis=1)], probs
 
 
+def edit_meta(out: Path, change: Callable[[dict[str, Any]], object], reseal: bool = False) -> None:
+    """Apply `change` to out/best/meta.json; with `reseal`, also recompute its meta_sha256 as
+    someone who knows the format would (only the model check can then catch a misfit)."""
+    path = out / "best" / "meta.json"
+    meta = json.loads(path.read_text())
+    change(meta)
+    if reseal:
+        meta["meta_sha256"] = meta_sha256(meta)
+    path.write_text(json.dumps(meta, indent=2))
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -109,6 +122,9 @@ def test_model_pt_is_a_state_dict_and_meta_lists_classes_preprocess_and_digests(
     assert meta["classes"] == list(CLASSES) and meta["output"] == "logits"
     assert meta["preprocess"]["resize"] == [SIZE_PX, SIZE_PX] and len(meta["preprocess"]["mean"]) == 3
     assert meta["files"] == {name: sha256(out / "best" / name) for name in ("model.pt", "model.onnx")}
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}  # what the README tells a client to hash
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert meta["meta_sha256"] == hashlib.sha256(canonical).hexdigest()
     assert set(meta["versions"]) >= {"torch", "torchvision", "onnx", "python"}
     assert meta["onnx"]["input"] == "image" and meta["onnx"]["dynamic_axes"]["image"] == {"0": "batch"}
     assert sorted(p.name for p in (out / "best").iterdir()) == ["meta.json", "model.onnx", "model.pt"]
@@ -180,12 +196,57 @@ def test_a_partial_export_is_refused(copy: Path) -> None:
         load_best(copy)
 
 
-def test_an_export_without_digests_is_refused(copy: Path) -> None:
-    meta_path = copy / "best" / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    del meta["files"]
-    meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ExportError, match="lists no sha256.*older version.*re-export"):
+# Every edit that changes what the model's outputs mean; the first two once gave wrong labels with exit 0.
+MEANINGFUL_EDITS = {
+    "classes reordered": lambda meta: meta["classes"].reverse(),
+    "class added": lambda meta: meta["classes"].append("lion"),
+    "class removed": lambda meta: meta["classes"].pop(),
+    "config edited": lambda meta: meta["config"].update(cnn_width=16),
+    "preprocess edited": lambda meta: meta["preprocess"].update(resize=[48, 48]),
+    "digests removed": lambda meta: meta.pop("files"),
+}
+
+
+@pytest.mark.parametrize("edit", MEANINGFUL_EDITS)
+def test_an_edited_meta_json_is_refused_in_one_line(copy: Path, edit: str) -> None:
+    edit_meta(copy, MEANINGFUL_EDITS[edit])
+    with pytest.raises(ExportError, match=r"meta\.json: modified after export.*re-run the search or re-export") as err:
+        load_best(copy)
+    assert "\n" not in str(err.value)
+
+
+def test_meta_json_reformatted_without_changing_its_content_still_loads(copy: Path) -> None:
+    path = copy / "best" / "meta.json"
+    meta = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(reversed(meta.items())), indent=4, sort_keys=False))
+    assert load_best(copy).classes == list(CLASSES)
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda meta: meta.pop("meta_sha256"), "carries no meta_sha256 of its own content.*older version.*re-export"),
+    (lambda meta: (meta.pop("meta_sha256"), meta.pop("files")), "carries no meta_sha256.*older version"),
+])
+def test_an_export_from_an_older_version_is_refused(copy: Path, edit: Callable, expected: str) -> None:
+    edit_meta(copy, edit)
+    with pytest.raises(ExportError, match=expected):
+        load_best(copy)
+
+
+def test_a_resealed_meta_without_digests_is_refused(copy: Path) -> None:
+    edit_meta(copy, lambda meta: meta.pop("files"), reseal=True)
+    with pytest.raises(ExportError, match="lists no sha256"):
+        load_best(copy)
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (MEANINGFUL_EDITS["class added"], r"final layer head\.4\.weight gives 3 outputs for 4 classes"),
+    (MEANINGFUL_EDITS["class removed"], "gives 3 outputs for 2 classes"),
+    (MEANINGFUL_EDITS["config edited"], r"features\.0\.weight has shape \[8, 3, 3, 3\], small_cnn needs \[16, "),
+])
+def test_weights_that_do_not_fit_a_resealed_meta_are_refused_before_loading(copy: Path, edit: Callable,
+                                                                           expected: str) -> None:
+    edit_meta(copy, edit, reseal=True)
+    with pytest.raises(ExportError, match=r"model\.pt: does not fit meta\.json: the weights.*" + expected):
         load_best(copy)
 
 
@@ -202,7 +263,7 @@ def test_export_replaces_the_earlier_one_atomically(tmp_path: Path, capfd) -> No
     assert load_best(tmp_path).meta["trial_id"] == "second"
     # A failing export leaves the earlier best/ as it was, and no staging folder.
     wrong = {"model": {"not": torch.zeros(1)}, "epoch": 2}
-    with pytest.raises(RuntimeError, match="state_dict"):
+    with pytest.raises(ValueError, match="the weights lack features.0.weight, which small_cnn needs"):
         export_best(tmp_path, wrong, CLASSES, HP, {}, "third", SIZE_PX)
     assert [p.name for p in tmp_path.iterdir()] == ["best"]
     assert load_best(tmp_path).meta["trial_id"] == "second"

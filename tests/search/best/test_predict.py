@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import cli_env
-from tests.search.best.test_export import CLASSES, make_export, write_images
+from tests.search.best.test_export import CLASSES, edit_meta, make_export, write_images
 
 
 def run_predict(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -49,14 +49,22 @@ def test_top_k_shows_the_likeliest_classes(setup: Path) -> None:
     assert header == ["file", "prediction", "top1", "top1_prob", "top2", "top2_prob", "error"]
 
 
-@pytest.mark.parametrize("problem", ["tampered", "no export", "top-k too large"])
+PROBLEMS = ["tampered", "classes reordered", "class added, meta resealed", "no export", "top-k too large"]
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
 def test_a_bad_export_or_option_is_one_error_line_and_exit_2(setup: Path, tmp_path: Path, problem: str) -> None:
     out, extra = setup / "out", []
-    if problem == "tampered":
+    if problem in PROBLEMS[:3]:
         out = tmp_path / "out"
         make_export(out)
+    if problem == "tampered":
         with (out / "best" / "model.onnx").open("ab") as file:
             file.write(b"\0")
+    elif problem == "classes reordered":  # once every label wrong, exit 0
+        edit_meta(out, lambda meta: meta["classes"].reverse())
+    elif problem == "class added, meta resealed":  # once load_state_dict's traceback
+        edit_meta(out, lambda meta: meta["classes"].append("lion"), reseal=True)
     elif problem == "no export":
         out = tmp_path
     else:
@@ -65,6 +73,7 @@ def test_a_bad_export_or_option_is_one_error_line_and_exit_2(setup: Path, tmp_pa
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
-    expected = {"tampered": "model.onnx: sha256 differs", "no export": "no exported model here",
-                "top-k too large": "1 to 3"}[problem]
+    expected = {"tampered": "model.onnx: sha256 differs", "classes reordered": "meta.json: modified after export",
+                "class added, meta resealed": "model.pt: does not fit meta.json",
+                "no export": "no exported model here", "top-k too large": "1 to 3"}[problem]
     assert expected in lines[0]
