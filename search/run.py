@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,6 +77,23 @@ def apply_overrides(experiment: Experiment, args: argparse.Namespace) -> Experim
     budget["grace_period_epochs"] = min(budget["grace_period_epochs"], max(1, budget["max_epochs"]))
     changes["budget"] = type(experiment.budget)(**budget)
     return replace(experiment, **changes)
+
+
+def check_folders(args: argparse.Namespace) -> None:
+    """`--out` (a local one) and `--cache` must be folders this user can write, or paths where one
+    can be made: checked by writing a nameless file, before anything else runs."""
+    for option, value in (("--out", args.out), ("--cache", args.cache)):
+        if not value or "://" in value:  # a URI's filesystem says for itself when it is reached
+            continue
+        path = Path(value).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            where = "it is a file" if existing == path else f"{existing} is a file"
+            raise SpecError(option, value, f"a folder, or a path where one can be made ({where})")
+        try:
+            tempfile.TemporaryFile(dir=existing).close()
+        except OSError as err:
+            raise SpecError(option, value, f"a folder you can write to ({existing}: {err.strerror})") from None
 
 
 def _output(experiment: Experiment, args: argparse.Namespace) -> Output:
@@ -147,6 +165,7 @@ def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) ->
     """The CLI; `on_epoch` (for tests and drills) runs in every trial's worker after each epoch."""
     args = parse_args(argv)
     try:
+        check_folders(args)
         experiment = apply_overrides(load_experiment(args.experiment), args)
         output = _output(experiment, args)
         out = output.local

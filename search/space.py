@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from search.spec import Choice, Experiment, IntRange, LogUniform, Space, SpecError, Uniform
+from search.spec import Choice, Domain, Experiment, IntRange, LogUniform, Space, Uniform
 from trainables.archs import ARCHS
 from trainables.hparams import HParams
 
@@ -62,33 +62,13 @@ def hparams(config: Mapping[str, Any], weights: str) -> HParams:
                    augment=config["augment"], dropout=config["dropout"], weights=weights, **conditional)
 
 
-def _domain_of(space: Space, name: str, optimizer: str | None) -> Any:
-    if name == "lr":
-        return space.lr[optimizer] if optimizer else None
-    return getattr(space, name)
-
-
 def recipe_points(experiment: Experiment) -> list[dict[str, Any]]:
-    """Translate the experiment's recipes into Optuna points to evaluate first.
-
-    A recipe value must lie in the searched domain (otherwise the search could never
-    compare against it fairly); pinned parameters may be repeated only with their value.
-    """
+    """Translate the experiment's recipes into Optuna points to evaluate first: their searched
+    parameters under Optuna's names (the spec has checked every value against the space)."""
     space = experiment.space
     points = []
-    for i, recipe in enumerate(experiment.recipes):
-        field = f"Experiment.recipes[{i}]"
-        optimizer = recipe.get("optimizer", space.optimizer if isinstance(space.optimizer, str) else None)
-        if "lr" in recipe and optimizer is None:
-            raise SpecError(field, dict(recipe), "a recipe that sets 'lr' must also set 'optimizer'")
-        point: dict[str, Any] = {}
-        for name, value in recipe.items():
-            domain = _domain_of(space, name, optimizer)
-            if isinstance(domain, (Choice, IntRange, Uniform)):
-                if value not in domain:
-                    raise SpecError(f"{field}.{name}", value, f"must lie in the searched domain {domain}")
-                point[f"lr_{optimizer}" if name == "lr" else name] = value
-            elif value != domain:
-                raise SpecError(f"{field}.{name}", value, f"the space pins {name} to {domain!r}")
-        points.append(point)
+    for recipe in experiment.recipes:
+        optimizer = space.recipe_optimizer(recipe)
+        points.append({f"lr_{optimizer}" if name == "lr" else name: value for name, value in recipe.items()
+                       if isinstance(space.domain(name, optimizer), Domain)})
     return points

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ __all__ = ["Budget", "Choice", "Domain", "Experiment", "IntRange", "LogUniform",
 
 OPTIMIZER_CHOICES = ("rmsprop", "adam", "sgd")
 OBJECTIVES = {"val_acc": "max", "val_loss": "min"}
+MAX_SEED = 2**32 - 1
 
 
 # --- the experiment ----------------------------------------------------------------------
@@ -93,6 +95,16 @@ class Space:
 
     def optimizers(self) -> tuple[str, ...]:
         return self.optimizer.options if isinstance(self.optimizer, Choice) else (self.optimizer,)
+
+    def recipe_optimizer(self, recipe: Mapping[str, Any]) -> str | None:
+        """The optimizer a recipe trains with: its own, else the one the space pins (None if searched)."""
+        return recipe.get("optimizer", self.optimizer if isinstance(self.optimizer, str) else None)
+
+    def domain(self, name: str, optimizer: str | None) -> Any:
+        """What the space gives parameter `name` (a domain, or its pinned value); `lr` is per optimizer."""
+        if name == "lr":
+            return self.lr[optimizer] if optimizer else None
+        return getattr(self, name)
 
 
 PARAM_NAMES = tuple(f.name for f in dataclasses.fields(Space))
@@ -161,7 +173,7 @@ class Experiment:
     budget: Budget = dataclasses.field(default_factory=Budget)
     concurrency: int | None = None  # trials at once; None: as many as the cluster fits
     resources: Resources = dataclasses.field(default_factory=Resources)
-    seed: int = 0
+    seed: int = 0  # Optuna's sampler and NumPy take seeds in [0, 2**32 - 1]
 
     def __post_init__(self) -> None:
         require("Experiment.name", self.name, bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name)),
@@ -178,10 +190,24 @@ class Experiment:
         if self.concurrency is not None:
             require("Experiment.concurrency", self.concurrency, self.concurrency >= 1,
                      "must be >= 1 or None")
+        require("Experiment.seed", self.seed, 0 <= self.seed <= MAX_SEED, f"must lie in [0, {MAX_SEED}]")
         for i, recipe in enumerate(self.recipes):
-            for key in recipe:
-                require(f"Experiment.recipes[{i}]", key, key in PARAM_NAMES,
-                         f"keys must be search parameters: {', '.join(PARAM_NAMES)}")
+            self._check_recipe(f"Experiment.recipes[{i}]", recipe)
+
+    def _check_recipe(self, field: str, recipe: Mapping[str, Any]) -> None:
+        """A recipe's values must lie in the searched domains (else the search could never compare
+        against it fairly); pinned parameters may be repeated only with their value."""
+        for key in recipe:
+            require(field, key, key in PARAM_NAMES, f"keys must be search parameters: {', '.join(PARAM_NAMES)}")
+        optimizer = self.space.recipe_optimizer(recipe)
+        require(field, dict(recipe), "lr" not in recipe or optimizer is not None,
+                "a recipe that sets 'lr' must also set 'optimizer'")
+        for name in sorted(recipe, key=lambda n: n != "optimizer"):  # the optimizer first: it picks lr's domain
+            value, domain = recipe[name], self.space.domain(name, optimizer)
+            if isinstance(domain, Domain):
+                require(f"{field}.{name}", value, value in domain, f"must lie in the searched domain {domain}")
+            else:
+                require(f"{field}.{name}", value, value == domain, f"the space pins {name} to {domain!r}")
 
     @property
     def mode(self) -> str:
@@ -195,10 +221,22 @@ def load_experiment(path: str | Path) -> Experiment:
         raise SpecError("experiment", str(path), "a path to an existing experiment file (.py)")
     namespace: dict[str, Any] = {"__name__": f"experiment:{path.stem}", "__file__": str(path)}
     try:
-        code = compile(path.read_text(), str(path), "exec")
+        code = compile(path.read_text(encoding="utf-8"), str(path), "exec")
+    except UnicodeDecodeError as err:
+        raise SpecError("experiment", str(path), f"a UTF-8 text file (byte {err.object[err.start]:#04x} "
+                                                 f"at offset {err.start} is not UTF-8)") from None
     except SyntaxError as err:
-        raise SpecError("experiment", str(path), f"valid Python (line {err.lineno}: {err.msg})") from None
-    exec(code, namespace)  # experiment files are Python, like any Ray script: they run code
+        line = f"line {err.lineno}: " if err.lineno else ""
+        raise SpecError("experiment", str(path), f"valid Python ({line}{err.msg})") from None
+    try:
+        exec(code, namespace)  # experiment files are Python, like any Ray script: they run code
+    except SpecError:
+        raise
+    except Exception as err:  # the file's own mistake (a NameError, a failed import): name its line
+        lines = [frame.lineno for frame in traceback.extract_tb(err.__traceback__) if frame.filename == str(path)]
+        where = f"line {lines[-1]}: " if lines else ""
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        raise SpecError("experiment", str(path), f"a file that runs without error ({where}{message})") from None
     found = [v for v in namespace.values() if isinstance(v, Experiment)]
     if len(found) != 1:
         raise SpecError("experiment", str(path), f"exactly one Experiment(...) value (found {len(found)})")

@@ -11,6 +11,7 @@ so the data report shows them; hidden files are ignored silently.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import warnings
@@ -134,6 +135,8 @@ def scan(root: Path) -> Scan:
         raise DataError(root, "missing data folder; expected a folder holding train/ and test/")
     ignored: list[tuple[str, str]] = []
     classes = tuple(d.name for d in _class_dirs(root / "train", ignored))
+    if len(classes) < 2:
+        raise DataError(root / "train", f"has one class folder ({classes[0]!r}); a classifier needs at least two")
     test_classes = tuple(d.name for d in _class_dirs(root / "test", ignored))
     if test_classes != classes:
         raise DataError(root / "test", f"classes {list(test_classes)} differ from train/'s {list(classes)}")
@@ -195,14 +198,38 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _fingerprint(found: Scan, size_px: int, val_fraction: float, seed: int) -> str:
+def _unreadable(path: Path, err: OSError) -> str:
+    """Why a file cannot be opened, in words: a broken link or a loop says so."""
+    if path.is_symlink() and err.errno == errno.ELOOP:
+        return f"symbolic link loop (to {os.readlink(path)})"
+    if path.is_symlink() and err.errno == errno.ENOENT:
+        return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
+    return f"{type(err).__name__}: {err.strerror}"
+
+
+def _hashes(found: Scan, skipped: list[tuple[str, str]]) -> dict[Path, str]:
+    """The sha256 of every file found; one that cannot be opened is skipped with the reason."""
+    hashes = {}
+    for items in found.files.values():
+        for path, _ in items:
+            try:
+                hashes[path] = file_sha256(path)
+            except OSError as err:
+                skipped.append((str(path), _unreadable(path, err)))
+    return hashes
+
+
+def _fingerprint(found: Scan, hashes: dict[Path, str], skipped: list[tuple[str, str]], size_px: int,
+                 val_fraction: float, seed: int) -> str:
     # Content, not modification times: a copied or touched folder keeps its cache, an
     # edited picture gets a new one. Hashing is ~100x cheaper than decoding.
     digest = hashlib.sha256(f"{CACHE_VERSION}|{size_px}|{val_fraction}|{seed}".encode())
     for split, items in found.files.items():
         for path, label in items:
-            digest.update(f"{split}|{path}|{label}|{file_sha256(path)}\n".encode())
+            if path in hashes:
+                digest.update(f"{split}|{path}|{label}|{hashes[path]}\n".encode())
     digest.update(repr(found.ignored).encode())
+    digest.update(repr(skipped).encode())
     return digest.hexdigest()[:16]
 
 
@@ -220,12 +247,15 @@ def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir:
     for split, items in found.files.items():
         _check_counts(root, found.classes, split, np.asarray([label for _, label in items], dtype=np.int64),
                       "image files")
-    cache = Path(cache_dir or default_cache_dir()) / f"arrays-{_fingerprint(found, size_px, val_fraction, seed)}.npz"
+    skipped: list[tuple[str, str]] = []
+    hashes = _hashes(found, skipped)
+    fingerprint = _fingerprint(found, hashes, skipped, size_px, val_fraction, seed)
+    cache = Path(cache_dir or default_cache_dir()) / f"arrays-{fingerprint}.npz"
     if cache.exists():
         return Prepared(cache, reused=True)
-    classes, skipped = found.classes, []
-    train_all = _decode_all(found.files["train"], size_px, skipped)
-    test = _decode_all(found.files["test"], size_px, skipped)
+    classes = found.classes
+    train_all, test = (_decode_all([item for item in found.files[split] if item[0] in hashes], size_px, skipped)
+                       for split in ("train", "test"))
     _check_counts(root, classes, "train", train_all.labels, "readable images")
     _check_counts(root, classes, "test", test.labels, "readable images")
     train_idx, val_idx = stratified_split(train_all.labels, val_fraction, seed)

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from tests.conftest import REPO, cli_env, tiny_experiment, write_experiment
 from tests.search.report.test_table import assert_report_rebuilds
+from tests.trainables.test_data import make_folder
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -82,6 +84,76 @@ def test_missing_imagenet_weights_stop_before_any_trial(tmp_path: Path, coats: P
                           env={**env, "TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": "http://127.0.0.1:9",
                                "https_proxy": "http://127.0.0.1:9"}, cwd=tmp_path, timeout=300)
     assert_user_error(proc, "inception_v3_google-0cc3c7bd.pth", str(tmp_path / "torch"), "weights='none'")
+
+
+@pytest.mark.parametrize("option", ["--out", "--cache"])
+@pytest.mark.parametrize("value, fragment", [("a_file", "(it is a file)"), ("a_file/sub", "a_file is a file")])
+def test_out_or_cache_under_a_file_is_one_line_exit_2(tmp_path: Path, option: str, value: str, fragment: str) -> None:
+    (tmp_path / "a_file").write_text("not a folder")
+    experiment = tiny_experiment(tmp_path, tmp_path / "nowhere")
+    proc = run_cli(str(experiment), option, value, "--check", cwd=tmp_path)
+    assert_user_error(proc, f"{option}: {value!r}", "a folder, or a path where one can be made", fragment)
+
+
+def test_out_or_cache_that_cannot_be_written_is_one_line_exit_2(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        (locked / "probe").touch()
+    except PermissionError:
+        pass
+    else:
+        pytest.skip("chmod does not stop this user (root) from writing: nothing to refuse")
+    experiment = tiny_experiment(tmp_path, tmp_path / "nowhere")
+    for option, value in (("--out", "locked"), ("--cache", "locked/cache")):
+        proc = run_cli(str(experiment), option, value, "--check", cwd=tmp_path)
+        assert_user_error(proc, f"{option}: {value!r}", f"a folder you can write to ({locked}: Permission denied)")
+
+
+def test_negative_seed_is_one_line_exit_2(tmp_path: Path) -> None:
+    experiment = write_experiment(tmp_path, 'name="x", data="d"')
+    assert_user_error(run_cli(str(experiment), "--seed", "-5", "--check", cwd=tmp_path),
+                      "Experiment.seed: -5", "must lie in [0, 4294967295]")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"from search.spec import *\n\nexperiment = foo\n", "(line 3: NameError: name 'foo' is not defined)"),
+    (b"import search.no_such_module\n", "(line 1: ModuleNotFoundError: No module named 'search.no_such_module')"),
+    (np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8).tobytes(), "a UTF-8 text file (byte 0x"),
+])
+def test_experiment_file_that_cannot_run_is_one_line_exit_2(tmp_path: Path, content: bytes, fragment: str) -> None:
+    (tmp_path / "x.py").write_bytes(content)
+    assert_user_error(run_cli("x.py", "--check", cwd=tmp_path), "experiment: 'x.py'", fragment)
+
+
+def test_recipe_outside_the_space_is_one_line_exit_2_with_check(tmp_path: Path) -> None:
+    experiment = tiny_experiment(tmp_path, tmp_path / "nowhere")
+    experiment.write_text(experiment.read_text().replace("\n)\n", '\n    recipes=[{"lr": 5.0}],\n)\n'))
+    assert_user_error(run_cli(str(experiment), "--check", cwd=tmp_path),
+                      "Experiment.recipes[0].lr: 5.0", "must lie in the searched domain")
+
+
+def test_broken_and_looping_links_in_a_class_folder_are_skipped(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", train=3)
+    (root / "train" / "a" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "train" / "b" / "loop.png").symlink_to("loop.png")
+    experiment = tiny_experiment(tmp_path, root)
+    proc = run_cli(str(experiment), "--check", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "skipped 2 unreadable files" in proc.stdout
+    report = pd.read_csv(tmp_path / "out" / "data_report.csv").set_index("path")
+    dangling, loop = (report.loc[str(root / "train" / c / n)] for c, n in (("a", "dangling.png"), ("b", "loop.png")))
+    assert (dangling["status"], dangling["class"]) == ("skipped", "a")
+    assert dangling["reason"].startswith("broken symbolic link")
+    assert (loop["status"], loop["reason"]) == ("skipped", "symbolic link loop (to loop.png)")
+
+
+def test_one_class_is_one_line_exit_2(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", classes=("cats",))
+    experiment = tiny_experiment(tmp_path, root)
+    assert_user_error(run_cli(str(experiment), "--check", cwd=tmp_path),
+                      f"{root / 'train'}: has one class folder ('cats')", "needs at least two")
 
 
 def test_every_option_is_accepted(tmp_path: Path) -> None:

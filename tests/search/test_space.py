@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import optuna
-import pytest
 
 from search.space import hparams, recipe_points, space_function
-from search.spec import Choice, Experiment, LogUniform, Space, SpecError
+from search.spec import Choice, Experiment, LogUniform, Space
 from trainables.archs import ARCHS
 from trainables.hparams import HParams
 
@@ -92,21 +91,7 @@ def test_recipes_become_optuna_points_evaluated_first() -> None:
     assert trial.params["arch"] == "inception_frozen" and trial.params["lr_rmsprop"] == 1e-4
 
 
-@pytest.mark.parametrize("recipe, field", [
-    ({"lr": 1e-4}, "Experiment.recipes[0]"),
-    ({"optimizer": "adam", "lr": 5.0}, "Experiment.recipes[0].lr"),
-    ({"arch": "small_cnn", "batch_size": 24}, "Experiment.recipes[0].batch_size"),
-])
-def test_recipes_outside_the_space_are_refused(recipe: dict, field: str) -> None:
-    with pytest.raises(SpecError) as err:
-        recipe_points(Experiment(name="x", data="d", recipes=(recipe,)))
-    assert err.value.field == field
-
-
-def test_a_recipe_may_repeat_a_pinned_value_but_not_change_it() -> None:
+def test_a_recipe_may_repeat_a_pinned_value() -> None:
     space = Space(arch="small_cnn", optimizer="adam", lr={"adam": LogUniform(1e-4, 1e-2)}, batch_size=Choice(8, 16))
     ok = Experiment(name="x", data="d", image_size_px=32, space=space, recipes=({"arch": "small_cnn", "lr": 1e-3},))
     assert recipe_points(ok) == [{"lr_adam": 1e-3}]
-    bad = Experiment(name="x", data="d", image_size_px=32, space=space, recipes=({"arch": "inception_frozen"},))
-    with pytest.raises(SpecError, match="pins arch"):
-        recipe_points(bad)

@@ -61,6 +61,8 @@ def test_unknown_field_names_it_and_suggests_the_closest() -> None:
     (lambda: Experiment(name="x", data="d", recipes=({"learning_rate": 1e-3},)), "Experiment.recipes[0]",
      "learning_rate"),
     (lambda: Experiment(name="x", data="d", concurrency=True), "Experiment.concurrency", True),
+    (lambda: Experiment(name="x", data="d", seed=-5), "Experiment.seed", -5),
+    (lambda: Experiment(name="x", data="d", seed=2**32), "Experiment.seed", 2**32),
 ])
 def test_bad_values_name_field_value_and_what_is_allowed(make, field: str, value) -> None:
     with pytest.raises(SpecError) as err:
@@ -69,6 +71,22 @@ def test_bad_values_name_field_value_and_what_is_allowed(make, field: str, value
     assert err.value.value == value
     assert repr(value) in str(err.value) and err.value.allowed
     assert "\n" not in str(err.value)
+
+
+PINNED = Space(arch="small_cnn", optimizer="adam", lr={"adam": LogUniform(1e-4, 1e-2)})
+
+
+@pytest.mark.parametrize("space, recipe, field, value", [
+    (Space(), {"lr": 1e-4}, "Experiment.recipes[0]", {"lr": 1e-4}),
+    (Space(), {"optimizer": "adam", "lr": 5.0}, "Experiment.recipes[0].lr", 5.0),
+    (Space(), {"arch": "small_cnn", "batch_size": 24}, "Experiment.recipes[0].batch_size", 24),
+    (PINNED, {"arch": "inception_frozen"}, "Experiment.recipes[0].arch", "inception_frozen"),
+    (PINNED, {"lr": 1e-3, "optimizer": "sgd"}, "Experiment.recipes[0].optimizer", "sgd"),
+])
+def test_recipes_outside_the_space_are_refused_on_construction(space: Space, recipe: dict, field: str, value) -> None:
+    with pytest.raises(SpecError) as err:
+        Experiment(name="x", data="d", image_size_px=96, space=space, recipes=(recipe,))
+    assert (err.value.field, err.value.value) == (field, value)
 
 
 def test_small_images_are_fine_without_inception() -> None:
@@ -99,3 +117,28 @@ def test_load_experiment_needs_exactly_one_experiment(tmp_path: Path) -> None:
     broken.write_text("experiment = Experiment(\n")
     with pytest.raises(SpecError, match="valid Python"):
         load_experiment(broken)
+
+
+@pytest.mark.parametrize("content, allowed", [
+    (b"from search.spec import *\n\nexperiment = foo\n",
+     "a file that runs without error (line 3: NameError: name 'foo' is not defined)"),
+    (b"import search.no_such_module\n",
+     "a file that runs without error (line 1: ModuleNotFoundError: No module named 'search.no_such_module')"),
+    (b"x = 1\n\xff\xfe", "a UTF-8 text file (byte 0xff at offset 6 is not UTF-8)"),
+    (b"x = 1\0\n", "valid Python (source code string cannot contain null bytes)"),
+])
+def test_an_experiment_file_that_cannot_run_is_named_with_its_line(tmp_path: Path, content: bytes,
+                                                                     allowed: str) -> None:
+    path = tmp_path / "x.py"
+    path.write_bytes(content)
+    with pytest.raises(SpecError) as err:
+        load_experiment(path)
+    assert (err.value.field, err.value.value, err.value.allowed) == ("experiment", str(path), allowed)
+
+
+def test_a_spec_error_inside_an_experiment_file_is_passed_on(tmp_path: Path) -> None:
+    path = tmp_path / "x.py"
+    path.write_text('from search.spec import *\n\nexperiment = Experiment(name="x", data="d", seed=-5)\n')
+    with pytest.raises(SpecError) as err:
+        load_experiment(path)
+    assert err.value.field == "Experiment.seed"

@@ -194,3 +194,27 @@ def test_a_class_needs_two_readable_images(tmp_path: Path) -> None:
     (root / "train" / "a" / "0.png").write_bytes(b"broken")
     with pytest.raises(data.DataError, match="has 1 readable images; need at least 2 per class"):
         data.prepare(root, 16, 0.2, 0, tmp_path / "cache")
+
+
+def test_a_broken_or_looping_symbolic_link_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", train=3)
+    folder = root / "train" / "a"
+    (folder / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "loop.png").symlink_to("loop.png")
+    (folder / "linked.png").symlink_to(folder / "0.png")  # a link to an image is an image
+    arrays = data.load(data.prepare(root, 16, 0.2, 0, tmp_path / "cache").path)
+    reasons = {Path(path).name: reason for path, reason in arrays.skipped}
+    assert reasons == {"dangling.png": f"broken symbolic link (to {tmp_path / 'nowhere.png'}, which does not exist)",
+                       "loop.png": "symbolic link loop (to loop.png)"}
+    assert "linked.png" in {Path(p).name for p in arrays.train.paths + arrays.val.paths}
+    # the links are part of the cache's key: repairing one decodes again
+    (folder / "dangling.png").unlink()
+    (folder / "dangling.png").symlink_to(folder / "1.png")
+    assert not data.prepare(root, 16, 0.2, 0, tmp_path / "cache").reused
+
+
+def test_one_class_is_refused_naming_it(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", classes=("cats",))
+    with pytest.raises(data.DataError) as err:
+        data.scan(root)
+    assert str(err.value) == f"{root / 'train'}: has one class folder ('cats'); a classifier needs at least two"
