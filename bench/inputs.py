@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from bench.measure import CPUS, Batches
-from search.datasets.generated import CLASSES, generate_coats
+from search.data.generated import CLASSES, generate_coats
 from trainables import data
 from trainables.augment import augment
 from trainables.loop import MEAN, STD, normalize, to_input

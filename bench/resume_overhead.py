@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--kill-at", type=float, default=0.5, help="fraction of the uninterrupted time")
     args = parser.parse_args()
-    from search.datasets.generated import generate_coats
+    from search.data.generated import generate_coats
 
     work = Path(tempfile.mkdtemp(prefix="resume-bench-"))
     data = generate_coats(work / "data", train_per_class=60, test_per_class=10, size_px=64, seed=0)

@@ -1,5 +1,5 @@
 """Cats vs dogs: Kaggle's photos, either 2,000 + 2,000 images with a 20% validation split,
-or Chollet's 1,000 / 500 / 500 per class prepared with `python -m search.datasets`.
+or Chollet's 1,000 / 500 / 500 per class prepared with `python -m search.data`.
 
 Tutorial recipe, evaluated first: the small from-scratch VGG (conv 32-64-128-128 with
 max-pooling, dense 512, dropout 0.5) at 150 px, RMSprop lr 1e-4, batch 32, augmentation,

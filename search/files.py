@@ -1,6 +1,8 @@
 """The name of every file and folder a search writes into OUT, in one place.
 
     OUT/
+      manifest.json         what search OUT holds (fingerprints) and where it stands
+      .lock                 held by the search running in OUT (search.manifest)
       experiment.txt        the experiment as run (its repr)
       data_report.csv       every data file's fate: used, skipped, ignored, leakage
       optuna.db             the Optuna study (optuna-dashboard sqlite:///OUT/optuna.db)
@@ -21,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".lock"
 EXPERIMENT_FILE = "experiment.txt"
 DATA_REPORT_FILE = "data_report.csv"
 STUDY_FILE = "optuna.db"

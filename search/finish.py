@@ -32,13 +32,15 @@ def _trial_id_and_number(result: tune.Result) -> tuple[str, int]:
     return parts[2], int(parts[3])
 
 
-def records(grid: tune.ResultGrid) -> tuple[list[stored.TrialRecord], pd.DataFrame]:
-    """Every trial of a finished search as stored for the report, and all their epochs."""
+def records(grid: tune.ResultGrid, finished: set[str] | None = None) -> tuple[list[stored.TrialRecord], pd.DataFrame]:
+    """Every trial of a search as stored for the report, and all their epochs. `finished`
+    (after an interruption): the trials that ended; the others are marked unfinished."""
     trials, histories = [], {}
     for result in grid:
         trial_id, number = _trial_id_and_number(result)
         trials.append(stored.TrialRecord(trial_id, number, dict(result.config or {}),
-                                         None if result.error is None else str(result.error)))
+                                         None if result.error is None else str(result.error),
+                                         unfinished=finished is not None and trial_id not in finished))
         histories[trial_id] = result.metrics_dataframe
     return trials, stored.history_frame(histories)
 
@@ -63,13 +65,14 @@ def _evaluate_on_test(model: torch.nn.Module, arrays: ArrayData) -> tuple[pd.Dat
     return table.predictions_frame(arrays.test.paths, arrays.test.labels, probabilities, arrays.classes), loss
 
 
-def finish(grid: tune.ResultGrid, experiment: Experiment, arrays: ArrayData, output: Output) -> dict[str, Any]:
+def finish(grid: tune.ResultGrid, experiment: Experiment, arrays: ArrayData, output: Output,
+           finished: set[str] | None = None) -> dict[str, Any]:
     """Write the report, export the best model, evaluate it once on test/; returns a summary.
 
     Files go to the local working folder of `output` (the caller uploads them).
     """
     out = output.local
-    trials, history = records(grid)
+    trials, history = records(grid, finished)
     run = stored.StoredRun(facts(experiment, arrays.classes), trials, history)
     frame = table.trial_table(trials, history, run.facts)
     table.save(frame, out)  # the table first: it survives whatever fails below

@@ -9,26 +9,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
+import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from search.datasets.leakage import find_leakage
-from search.datasets.report import data_report, leakage_warning
-from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, SUMMARY_FILE, TUNE_DIR
+from search import manifest
+from search.data.leakage import find_leakage
+from search.data.report import data_report, leakage_warning
+from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMARY_FILE, TUNE_DIR
 from search.spec import Experiment, SpecError, load_experiment, replace
+from search.stop import GracefulStop
 from search.storage import Output, open_output
 from search.trial import EpochHook
 from trainables import data
 from trainables.archs import WeightsUnavailable
 
 EXIT_USAGE = 2
-# Ray Train hands a worker's report (and checkpoint) over at its health-check poll, every
-# 2 s by default, and the worker waits for it: measured here, every epoch took >= 2.04 s
-# however short. At 0.5 s an epoch's report costs ~0.5 s.
-RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 USER_ERRORS = (SpecError, data.DataError, WeightsUnavailable)
 SMOKE_SIZE_PX = 96
 
@@ -96,16 +94,15 @@ def check_folders(args: argparse.Namespace) -> None:
             raise SpecError(option, value, f"a folder you can write to ({existing}: {err.strerror})") from None
 
 
-def _output(experiment: Experiment, args: argparse.Namespace) -> Output:
-    """`--out` opened (a folder or a URI), refused when it holds a search and --resume is not given."""
-    output = open_output(args.out or str(Path("results") / experiment.name), _cache_dir(args))
-    if output.exists(TUNE_DIR) and not (args.resume or args.check):
+def _refuse_or_fetch(output: Output, args: argparse.Namespace) -> None:
+    """Refuse an OUT that holds a search unless --resume (or --check) is given; on --resume,
+    fetch the driver's files of the run being resumed."""
+    if (output.exists(TUNE_DIR) or output.exists(MANIFEST_FILE)) and not (args.resume or args.check):
         raise SpecError("--out", output.display(), "holds an earlier search: add --resume to continue it, "
                         "or give another --out (nothing is overwritten)")
     output.local.mkdir(parents=True, exist_ok=True)
     if args.resume:
-        output.download()  # the Optuna study and the report inputs of the run being resumed
-    return output
+        output.download()  # the Optuna study, the manifest and the report inputs of the run being resumed
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:
@@ -115,7 +112,7 @@ def _cache_dir(args: argparse.Namespace) -> Path:
 def _data_folder(experiment: Experiment) -> Path:
     folder = Path(experiment.data).expanduser().resolve()
     if experiment.generate and not folder.exists():
-        from search.datasets.generated import GENERATORS, ensure_generated  # PIL drawing: only when generating
+        from search.data.generated import GENERATORS, ensure_generated  # PIL drawing: only when generating
 
         if experiment.generate not in GENERATORS:
             raise SpecError("Experiment.generate", experiment.generate, f"one of {', '.join(GENERATORS)}")
@@ -138,82 +135,93 @@ def _check_weights(experiment: Experiment) -> None:
             loaded.add(arch.weights)
 
 
-def _start_ray(address: str | None) -> str | None:
-    """Join `address`, or start a local Ray with its dashboard on 127.0.0.1; returns its URL."""
-    import ray
+def _prepare(experiment: Experiment, args: argparse.Namespace, output: Output) -> tuple[data.ArrayData, str]:
+    """Decode (or reuse) the data and write the data report; the arrays and their fingerprint.
+    On --resume, refuse an experiment or data other than the ones OUT was started with."""
+    folder = _data_folder(experiment)
+    if not args.check:
+        _check_weights(experiment)
+    started = time.perf_counter()
+    cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed,
+                         _cache_dir(args))
+    arrays = data.load(cache.path)
+    how = "reused the decoded cache" if cache.reused else "decoded into the cache"
+    print(data.summary(arrays, folder) + f"\n  ({how} {cache.path} in {time.perf_counter() - started:.1f} s)",
+          flush=True)
+    leaks = find_leakage(arrays)
+    data_report(arrays, leaks, folder).to_csv(output.local / DATA_REPORT_FILE, index=False)
+    if leaks:
+        print(leakage_warning(leaks), flush=True)
+    data_sha = manifest.data_fingerprint(arrays)
+    if args.resume:
+        manifest.check_resume(manifest.read(output.local), experiment, data_sha, output.display())
+    return arrays, data_sha
 
-    if ray.is_initialized():
-        context = ray.get_runtime_context()
-        return getattr(context, "dashboard_url", None)
-    # Ray Train logs several lines per epoch and trial; Tune's status table is the progress.
-    quiet = ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
-    if address:
-        # A job-level runtime env reaches the cluster's workers (at the cost of Ray's
-        # logging config, which a runtime env overrides).
-        context = ray.init(address=address, logging_config=quiet, runtime_env={"env_vars": RAY_JOB_ENV})
-    else:
-        for key, value in RAY_JOB_ENV.items():  # the local Ray's processes inherit them
-            os.environ.setdefault(key, value)
-        # "local": always a new Ray of our own, never one a `ray start` left on this machine
-        # (plain ray.init() joins that one, and hangs when it is gone but its address file is not).
-        context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                           logging_config=quiet)
-    return context.dashboard_url or None
+
+def _search(experiment: Experiment, args: argparse.Namespace, output: Output, arrays: data.ArrayData,
+            data_sha: str, on_epoch: EpochHook | None) -> int:
+    """The search on Ray, then the report and the export; returns the exit code."""
+    out = output.local
+    manifest.write(out, experiment, data_sha, "running")
+    (out / EXPERIMENT_FILE).write_text(repr(experiment) + "\n")
+    output.upload()
+    # Ray, Tune and torch's training stack load only once the inputs are known to be good.
+    from search import tuning
+    from search.cluster import start_ray
+    from search.finish import finish
+
+    dashboard = start_ray(args.address)
+    if dashboard:
+        print(f"Ray dashboard: http://{dashboard}", flush=True)
+    the_plan = tuning.plan(experiment, autoscaling=args.address is not None)
+    print(f"Searching {experiment.budget.trials} trials, {the_plan.concurrency} at a time, on "
+          f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {output.display()}",
+          flush=True)
+    started = time.perf_counter()
+    with GracefulStop() as stop:
+        grid = tuning.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch)
+    interrupted = stop.signum is not None
+    if not interrupted:
+        tuning.end_unfinished_trials(experiment, output)
+    summary = finish(grid, experiment, arrays, output,
+                     finished=tuning.finished_trial_ids(experiment, output) if interrupted else None)
+    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    manifest.write(out, experiment, data_sha, "interrupted" if interrupted else "finished")
+    output.upload()
+    if interrupted:
+        print(f"Interrupted: the search is saved; continue it with: {resume_command(args.argv)}",
+              file=sys.stderr, flush=True)
+        return stop.exit_code
+    return 0
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues a search started with `argv` (its options kept, --resume added)."""
+    return shlex.join(["python", "-m", "search.run", *[a for a in argv if a != "--resume"], "--resume"])
 
 
 def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) -> int:
     """The CLI; `on_epoch` (for tests and drills) runs in every trial's worker after each epoch."""
     args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         check_folders(args)
         experiment = apply_overrides(load_experiment(args.experiment), args)
-        output = _output(experiment, args)
-        out = output.local
-        folder = _data_folder(experiment)
-        if not args.check:
-            _check_weights(experiment)
-        started = time.perf_counter()
-        cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed,
-                             _cache_dir(args))
-        arrays = data.load(cache.path)
-        how = "reused the decoded cache" if cache.reused else "decoded into the cache"
-        print(data.summary(arrays, folder) + f"\n  ({how} {cache.path} in {time.perf_counter() - started:.1f} s)",
-              flush=True)
-        leaks = find_leakage(arrays)
-        data_report(arrays, leaks, folder).to_csv(out / DATA_REPORT_FILE, index=False)
-        if leaks:
-            print(leakage_warning(leaks), flush=True)
+        output = open_output(args.out or str(Path("results") / experiment.name), _cache_dir(args))
+        with manifest.hold(output.local, output.display()):
+            _refuse_or_fetch(output, args)
+            arrays, data_sha = _prepare(experiment, args, output)
+            if args.check:
+                output.upload()
+                return 0
+            return _search(experiment, args, output, arrays, data_sha, on_epoch)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    if args.check:
-        output.upload()
-        return 0
-    (out / EXPERIMENT_FILE).write_text(repr(experiment) + "\n")
-    output.upload()
-
-    # Ray, Tune and torch's training stack load only once the inputs are known to be good.
-    from search import tuning
-    from search.finish import finish
-
-    dashboard = _start_ray(args.address)
-    if dashboard:
-        print(f"Ray dashboard: http://{dashboard}", flush=True)
-    try:
-        the_plan = tuning.plan(experiment, autoscaling=args.address is not None)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"Searching {experiment.budget.trials} trials, {the_plan.concurrency} at a time, on "
-          f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {output.display()}",
-          flush=True)
-    started = time.perf_counter()
-    grid = tuning.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch)
-    summary = finish(grid, experiment, arrays, output)
-    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    output.upload()
-    return 0
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the search could stop cleanly
+        print("Interrupted.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

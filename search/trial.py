@@ -46,9 +46,15 @@ class TrialSettings:
     gpus_per_worker: float
     objective: str
     mode: str
+    study_name: str
     keep_checkpoints: int = 2
     max_failures: int = 2
     on_epoch: EpochHook | None = None
+
+
+def finished_marker(study_name: str, trial_id: str) -> str:
+    """The GCS key that says: the study finished this trial before the search was resumed."""
+    return f"finished-before-resume/{study_name}/{trial_id}"
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -99,10 +105,15 @@ def train_worker(config: dict[str, Any]) -> None:
 def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """Tune function trainable: run this trial's Ray Train job to the end (or until stopped)."""
     from ray import train, tune
+    from ray.experimental import internal_kv
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from search.reaper import KV_NAMESPACE
+
     trial_id = tune.get_context().get_trial_id()
+    if internal_kv._internal_kv_exists(finished_marker(settings.study_name, trial_id), namespace=KV_NAMESPACE):
+        return  # its outcome is in the study already (search/searcher.py): nothing to run or report
     # Not asdict(): it would deep-copy the data's ObjectRef.
     loop_config = {**{f.name: getattr(settings, f.name) for f in fields(settings)},
                    "hparams": hparams(config, settings.weights), "trial_started_at": time.time(), "trial_id": trial_id}

@@ -6,6 +6,7 @@ experiment going in and a `ResultGrid` coming out.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,10 @@ from typing import TYPE_CHECKING
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from search.files import STUDY_FILE, TRAIN_DIR, TUNE_DIR
 from search.reaper import PlacementGroupReaper
+from search.searcher import StudySearch, bind, end_unfinished, finished_trials
 from search.space import recipe_points, space_function
 from search.spec import Experiment, SpecError
 from search.storage import Output
@@ -30,6 +31,18 @@ if TYPE_CHECKING:
 # The trial driver only waits on its Train job: it asks for memory, not a CPU, so a trial
 # with one 1-CPU worker really fits on one CPU (Ray refuses an all-zero request).
 DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
+
+
+class _WithoutTunesResumeHint(logging.Filter):
+    """Tune's own messages on an interrupted run name its Python API (`Tuner.restore(...)`);
+    `search.run` prints the command a user types instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "Tuner.restore" not in message and "Trials did not complete" not in message
+
+
+logging.getLogger("ray.tune.tune").addFilter(_WithoutTunesResumeHint())
 
 
 @dataclass(frozen=True)
@@ -96,7 +109,7 @@ def new_study_storage(out: Path, study_name: str) -> optuna.storages.RDBStorage:
     """
     import optuna
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{out / STUDY_FILE}")
+    storage = optuna.storages.RDBStorage(study_url(out))
     if study_name in optuna.study.get_all_study_names(storage):
         # A new search and no Tune state to resume (run.py checked): this study is from a start
         # that never got going, and its trials would mix with this search's.
@@ -104,7 +117,22 @@ def new_study_storage(out: Path, study_name: str) -> optuna.storages.RDBStorage:
     return storage
 
 
-def _searcher(experiment: Experiment, out: Path) -> OptunaSearch:
+def study_url(out: Path) -> str:
+    """The study's storage URL in the driver's working folder of a search."""
+    return f"sqlite:///{out / STUDY_FILE}"
+
+
+def end_unfinished_trials(experiment: Experiment, output: Output) -> int:
+    """After a search that ran to its end, no study trial is left RUNNING (see `searcher.end_unfinished`)."""
+    return end_unfinished(study_url(output.local), experiment.name)
+
+
+def finished_trial_ids(experiment: Experiment, output: Output) -> set[str]:
+    """The trials the study has finished: after an interruption, the others are unfinished."""
+    return finished_trials(study_url(output.local), experiment.name)
+
+
+def _searcher(experiment: Experiment, out: Path) -> StudySearch:
     import warnings
 
     import optuna
@@ -116,7 +144,7 @@ def _searcher(experiment: Experiment, out: Path) -> OptunaSearch:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=experiment.seed, multivariate=True, group=True,
                                              n_startup_trials=max(2, min(10, experiment.budget.trials // 3)))
-    return OptunaSearch(space=space_function(experiment.space), metric=best_metric(experiment.objective),
+    return StudySearch(space=space_function(experiment.space), metric=best_metric(experiment.objective),
                         mode=experiment.mode, points_to_evaluate=recipe_points(experiment) or None,
                         sampler=sampler, study_name=experiment.name,
                         storage=new_study_storage(out, experiment.name))
@@ -131,7 +159,7 @@ def _trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_pl
         data=ray.put(arrays), storage_path=output.child(TRAIN_DIR), weights=experiment.weights,
         max_epochs=experiment.budget.max_epochs, seed=experiment.seed, workers=res.workers,
         cpus_per_worker=res.cpus_per_worker, gpus_per_worker=the_plan.gpus_per_worker,
-        objective=experiment.objective, mode=experiment.mode, on_epoch=on_epoch)
+        objective=experiment.objective, mode=experiment.mode, study_name=experiment.name, on_epoch=on_epoch)
     return tune.with_resources(tune.with_parameters(run_trial, settings=settings), DRIVER_RESOURCES)
 
 
@@ -145,6 +173,7 @@ def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: 
     trainable = _trainable(experiment, output, arrays, the_plan, on_epoch)
     tune_path = output.child(TUNE_DIR)
     if resume and tune.Tuner.can_restore(tune_path):
+        bind(study_url(output.local))  # the study of this OUT, wherever it was when the search began
         # resume_errored keeps the trial id (Optuna knows it); restart_errored would not.
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit()

@@ -12,6 +12,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--all-kill-moments", action="store_true",
+                     help="kill-and-resume drills at every moment (CI runs a few)")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that starts Ray is `slow` (`pytest -m "not slow"` skips them): those that use
     the session's Ray, and those marked by hand because they start a search in a subprocess."""
@@ -33,7 +38,7 @@ def decoded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def coats(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The quickstart's generated data set, small: 4 classes x 16 train / 4 test, 64 px."""
-    from search.datasets.generated import generate_coats
+    from search.data.generated import generate_coats
 
     return generate_coats(tmp_path_factory.mktemp("data") / "coats", train_per_class=16,
                           test_per_class=4, size_px=64, seed=1)
@@ -45,7 +50,7 @@ def ray_session():
     setting where Ray 2.60 leaks stopped trials' workers unless the service frees them."""
     import ray
 
-    from search.run import RAY_JOB_ENV
+    from search.cluster import RAY_JOB_ENV
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
              runtime_env={"env_vars": RAY_JOB_ENV})

@@ -44,12 +44,14 @@ class SearchFacts:
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One trial as Tune ended it: its id, creation order, config and error (if it failed)."""
+    """One trial as Tune left it: its id, creation order, config, error (if it failed), and
+    whether an interrupted search left it unfinished (never started, or stopped mid-run)."""
 
     trial_id: str
     trial_number: int
     config: dict[str, Any]
     error: str | None
+    unfinished: bool = False
 
 
 @dataclass(frozen=True)

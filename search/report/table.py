@@ -22,9 +22,11 @@ COLUMNS = ("trial_id", "trial_number", "recipe", "status", "epochs", "val_acc", 
            "train_time_s", "startup_s", "error")
 
 
-def _status(error: Any, epochs: int, max_epochs: int) -> str:
+def _status(error: Any, epochs: int, max_epochs: int, unfinished: bool) -> str:
     if error is not None:
         return "error"
+    if unfinished:
+        return "unfinished"
     return "completed" if epochs >= max_epochs else "early_stopped"
 
 
@@ -37,7 +39,8 @@ def recipe_index(config: dict[str, Any], points: list[dict[str, Any]]) -> int | 
 
 
 def trial_row(trial_id: str, trial_number: int, config: dict[str, Any], history: pd.DataFrame, error: Any,
-              objective: str, mode: str, max_epochs: int, points: list[dict[str, Any]]) -> dict[str, Any]:
+              objective: str, mode: str, max_epochs: int, points: list[dict[str, Any]],
+              unfinished: bool = False) -> dict[str, Any]:
     """One trial's row: the metrics of its best epoch, how far it ran, and its parameters.
 
     `trial_number` is the order Tune created trials in; `recipe` says which of the
@@ -53,7 +56,7 @@ def trial_row(trial_id: str, trial_number: int, config: dict[str, Any], history:
         row.update({k: best.get(k) for k in ("val_acc", "val_loss", "train_acc", "train_loss")})
         row.update(epochs=int(history["epoch"].max()), train_time_s=float(history["train_time_s"].max()),
                    startup_s=float(history["startup_s"].iloc[0]), checkpoint_path=best.get("checkpoint_path"))
-    row["status"] = _status(error, row["epochs"], max_epochs)
+    row["status"] = _status(error, row["epochs"], max_epochs, unfinished)
     # The backbone's weights are the experiment's, not a searched column: any value resolves the rest.
     params = hparams(config, weights="none").to_dict() if "optimizer" in config else {}
     for name in SEARCHED:
@@ -74,7 +77,7 @@ def table(rows: list[dict[str, Any]], objective: str, mode: str) -> pd.DataFrame
 def trial_table(trials: list[TrialRecord], history: pd.DataFrame, facts: SearchFacts) -> pd.DataFrame:
     """The report table of a search from its stored trials and history, best trial first."""
     rows = [trial_row(t.trial_id, t.trial_number, t.config, trial_history(history, t.trial_id), t.error,
-                      facts.objective, facts.mode, facts.max_epochs, facts.recipe_points) for t in trials]
+                      facts.objective, facts.mode, facts.max_epochs, facts.recipe_points, t.unfinished) for t in trials]
     return table(rows, facts.objective, facts.mode)
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from search.datasets.generated import generate_coats
+from search.data.generated import generate_coats
 from search.space import recipe_points
 from search.spec import load_experiment
 from tests.conftest import REPO, cli_env
@@ -84,7 +84,7 @@ def test_check_reports_the_data_without_training_and_a_second_run_reuses_the_cac
     assert "skipped 1 unreadable files" in proc.stdout and "broken.jpg" in proc.stdout
     assert "decoded into the cache" in proc.stdout and "not read: 1" in proc.stdout
     assert "Ray dashboard" not in proc.stdout and not (tmp_path / "out" / "tune").exists()
-    assert sorted(os.listdir(tmp_path / "out")) == ["data_report.csv"]
+    assert sorted(n for n in os.listdir(tmp_path / "out") if not n.startswith(".")) == ["data_report.csv"]  # .lock
     report = pd.read_csv(tmp_path / "out" / "data_report.csv")
     assert (report["status"] == "used").sum() == 8 + 4
     skipped = report[report["status"] == "skipped"].iloc[0]

@@ -16,7 +16,8 @@ from pathlib import Path
 import ray
 from ray.util import state
 
-from search.run import RAY_JOB_ENV, main
+from search.cluster import RAY_JOB_ENV
+from search.run import main
 from tests.conftest import CLUSTER_SINGLETONS
 
 if __name__ == "__main__":

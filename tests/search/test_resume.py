@@ -1,60 +1,98 @@
-"""--resume continues a search whose driver was SIGKILLed: every trial once, none lost."""
+"""--resume continues a search whose driver was SIGKILLed at any moment: every trial once,
+one study of N trials, a report and best/ that agree with it.
+
+CI kills at a few moments; `pytest --all-kill-moments` kills at ten, from the first trial to
+the export."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 
 from tests.conftest import cli_env, tiny_experiment
 
-
-def finished_trials(out: Path, epochs: int) -> int:
-    count = 0
-    for result in out.glob("tune/run_trial_*/result.json"):
-        lines = result.read_text().splitlines()
-        count += bool(lines) and json.loads(lines[-1]).get("epoch") == epochs
-    return count
+TRIALS, EPOCHS = 4, 3
+CI_MOMENTS = (0.35, 0.7, 0.93)
+ALL_MOMENTS = tuple(round(0.1 + 0.09 * i, 2) for i in range(10))  # 0.10 .. 0.91 of the search's wall time
 
 
-@pytest.mark.slow
-def test_resume_after_the_driver_is_killed(coats: Path, tmp_path: Path) -> None:
-    experiment = tiny_experiment(tmp_path, coats, trials=5, epochs=3)
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "search.run", str(experiment), "--out", str(out)]
-    with open(tmp_path / "first.log", "w") as log:
-        # its own session: the kill takes the driver and the local Ray it started, nothing else
-        first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=cli_env(), cwd=tmp_path,
-                                 start_new_session=True)
-        deadline = time.monotonic() + 300
-        while finished_trials(out, 3) < 2 and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.5)
-        assert first.poll() is None, "the search ended before it could be killed"
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    assert not (out / "report.csv").exists()
+def command(experiment: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "search.run", str(experiment), "--out", str(out), "--concurrency", "2"]
 
-    refused = subprocess.run(command, capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=120)
-    assert refused.returncode == 2 and "--resume" in refused.stderr
 
-    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=cli_env(), cwd=tmp_path,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+@pytest.fixture(scope="module")
+def search_time_s(coats: Path, tmp_path_factory: pytest.TempPathFactory) -> float:
+    """How long the uninterrupted search takes here, from the driver's start to its exit."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    experiment = tiny_experiment(folder, coats, trials=TRIALS, epochs=EPOCHS)
+    started = time.monotonic()
+    proc = subprocess.run(command(experiment, folder / "out"), capture_output=True, text=True, env=cli_env(),
+                          cwd=folder, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return time.monotonic() - started
+
+
+def kill_moments(config: pytest.Config) -> tuple[float, ...]:
+    return ALL_MOMENTS if config.getoption("--all-kill-moments") else CI_MOMENTS
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "moment" in metafunc.fixturenames:
+        metafunc.parametrize("moment", kill_moments(metafunc.config))
+
+
+def assert_consistent(out: Path, proc: subprocess.CompletedProcess) -> None:
+    """Exactly TRIALS trials in the report and the study, the study's values the report's,
+    and best/ the report's winner."""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = pd.read_csv(out / "report.csv")
-    assert len(report) == 5 and report["trial_id"].is_unique
+    assert len(report) == TRIALS and report["trial_id"].is_unique, report
     assert report["status"].isin(["completed", "early_stopped"]).all(), report[["status", "error"]]
-    assert (out / "best" / "meta.json").exists()
-    # the Optuna study went on too: one study, each trial once
-    import optuna
-
     storage = f"sqlite:///{out}/optuna.db"
     assert optuna.study.get_all_study_names(storage) == ["tiny"]
     study = optuna.load_study(study_name="tiny", storage=storage)
-    assert len(study.trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * TRIALS, study.trials
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(report["val_acc"]))
+    meta = json.loads((out / "best" / "meta.json").read_text())
+    assert meta["trial_id"] == report["trial_id"].iloc[0]
+    assert json.loads((out / "manifest.json").read_text())["state"] == "finished"
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed_at_any_moment(moment: float, search_time_s: float, coats: Path,
+                                                         tmp_path: Path) -> None:
+    experiment = tiny_experiment(tmp_path, coats, trials=TRIALS, epochs=EPOCHS)
+    out = tmp_path / "out"
+    with open(tmp_path / "first.log", "w") as log:
+        # its own session: the kill takes the driver and the local Ray it started, nothing else
+        first = subprocess.Popen(command(experiment, out), stdout=log, stderr=subprocess.STDOUT, env=cli_env(),
+                                 cwd=tmp_path, start_new_session=True)
+        try:
+            first.wait(timeout=moment * search_time_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    if first.returncode == 0:
+        pytest.skip(f"the search ended before {moment:.0%} of its usual time: nothing to resume")
+    if moment == CI_MOMENTS[0]:
+        # a search folder is self-contained: moved elsewhere, it resumes from there
+        moved = tmp_path / "moved" / "out"
+        shutil.move(out, moved)
+        out = moved
+    if (out / "manifest.json").exists():  # else the search was killed before it started: nothing to refuse
+        refused = subprocess.run(command(experiment, out), capture_output=True, text=True, env=cli_env(),
+                                 cwd=tmp_path, timeout=120)
+        assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = subprocess.run(command(experiment, out) + ["--resume"], capture_output=True, text=True,
+                             env=cli_env(), cwd=tmp_path, timeout=600)
+    assert_consistent(out, resumed)

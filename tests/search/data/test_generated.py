@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.datasets import generated as synthetic
-from search.datasets.generated import CLASSES, GENERATORS, ensure_generated, generate_coats
+from search.data import generated as synthetic
+from search.data.generated import CLASSES, GENERATORS, ensure_generated, generate_coats
 
 
 def test_layout_counts_and_valid_jpegs(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.datasets.leakage import difference_hash, find_leakage, near_pairs
+from search.data.leakage import difference_hash, find_leakage, near_pairs
 from trainables import data
 
 

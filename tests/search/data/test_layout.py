@@ -1,4 +1,4 @@
-"""`python -m search.datasets`: flat Kaggle folders and class trees into train/ and test/."""
+"""`python -m search.data`: flat Kaggle folders and class trees into train/ and test/."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.datasets.layout import main
+from search.data.layout import main
 
 
 def write_images(folder: Path, names: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Lays a data set out as train/ and test/ class folders (`python -m search.datasets`).
+"""Lays a data set out as train/ and test/ class folders (`python -m search.data`).
 
     flat  SRC OUT --counts 1000,500,500   Kaggle's cats-vs-dogs style: one folder whose
                                           file names carry the class (cat.1.jpg, dog.1.jpg);
@@ -107,7 +107,7 @@ def _counts(text: str) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m search.datasets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m search.data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     flat = sub.add_parser("flat", help="one folder, class in each file name")
     flat.add_argument("--counts", type=_counts, required=True, help="per class: train,test[,val], e.g. 1000,500,500")

@@ -1,0 +1,96 @@
+"""Optuna's TPE as Ray Tune's searcher, with the study in `optuna.db` as the truth on resume.
+
+Tune saves its experiment state (and the searcher's) every few seconds; the study is written
+at once. A search killed in between resumes with Tune a little behind the study:
+- a trial the study already finished looks unfinished to Tune, which would run it again and
+  report it to a finished Optuna trial (`UpdateFinishedTrialError`, the crash of a resume):
+  here it is marked done, its driver returns at once (`trial.finished_marker`), and
+  nothing more is reported for it;
+- a trial the study handed out after Tune's last save is unknown to Tune, which will ask
+  for a new one: it gets that trial back, so the study holds exactly the search's trials.
+The study is also reopened from the OUT being resumed, not the path it was pickled with,
+so a search folder can be moved, copied or resumed on another machine.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from search.reaper import KV_NAMESPACE
+from search.trial import finished_marker
+
+logger = logging.getLogger(__name__)
+_study_url: str | None = None
+TUNE_TRIAL_ID = "tune_trial_id"
+
+
+def bind(study_url: str) -> None:
+    """The study of the search about to be restored (its OUT may have moved since)."""
+    global _study_url
+    _study_url = study_url
+
+
+class StudySearch(OptunaSearch):
+    """`OptunaSearch` that reconciles Tune's restored trials with the study (module docstring),
+    and reports each result at its `epoch` (Tune's iteration count restarts on resume)."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if _study_url is not None:
+            storage = optuna.storages.RDBStorage(_study_url)
+            self._storage = storage
+            self._ot_study = optuna.load_study(study_name=self._study_name, storage=storage, sampler=self._sampler)
+            self._ot_trials = {tune_id: optuna.trial.Trial(self._ot_study, trial._trial_id)
+                               for tune_id, trial in self._ot_trials.items()}
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        from ray.experimental import internal_kv
+
+        stored = {t._trial_id: t for t in self._ot_study.get_trials(deepcopy=False)}
+        for tune_id, trial in self._ot_trials.items():
+            frozen = stored.get(trial._trial_id)
+            if frozen is not None and frozen.state.is_finished() and tune_id not in self._completed_trials:
+                self._completed_trials.add(tune_id)
+                internal_kv._internal_kv_put(finished_marker(self._study_name, tune_id), b"", namespace=KV_NAMESPACE)
+        known = {trial._trial_id for trial in self._ot_trials.values()}
+        self._orphans = [t._trial_id for t in stored.values()
+                         if t.state == optuna.trial.TrialState.RUNNING and t._trial_id not in known]
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        orphans = getattr(self, "_orphans", [])
+        if trial_id not in self._ot_trials and orphans:
+            # Its parameters are in the study already: the space function gets them back.
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans.pop(0))
+        config = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)  # for `finished_trials`
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id in self._completed_trials or self.metric not in result:
+            return
+        try:
+            self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)  # finished in the study: its outcome stands
+
+
+def finished_trials(study_url: str, study_name: str) -> set[str]:
+    """The Tune trial ids whose study trial is finished (complete, pruned or failed)."""
+    study = optuna.load_study(study_name=study_name, storage=study_url)
+    return {t.user_attrs[TUNE_TRIAL_ID] for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and TUNE_TRIAL_ID in t.user_attrs}
+
+
+def end_unfinished(study_url: str, study_name: str) -> int:
+    """After a search that ran to its end: a study trial still RUNNING was never going to
+    finish (Tune ended without telling it): mark it FAIL. Returns how many."""
+    study = optuna.load_study(study_name=study_name, storage=study_url)
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return len(running)

@@ -1,0 +1,49 @@
+"""Ctrl-C and SIGTERM end a search cleanly: Tune stops after its current step and saves its
+state, the run reports what finished and says how to resume, and exits 130 or 143.
+
+Tune's own SIGINT handler is turned off (TUNE_DISABLE_SIGINT_HANDLER) so that one handler
+sees both signals; it asks Tune to stop through SIGUSR1, the signal Tune always listens to
+while it runs. A second signal, or one before Tune listens, stops at once (KeyboardInterrupt).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from types import FrameType, TracebackType
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class GracefulStop:
+    """Within the block, the first SIGINT/SIGTERM asks Tune to stop; `signum` says which came."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> GracefulStop:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + (self.signum or signal.SIGINT)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        tune_listens = signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        if not (first and tune_listens):
+            raise KeyboardInterrupt
+        print(f"\n{signal.Signals(signum).name}: stopping the search after the current step and saving its "
+              "state (send it again to stop at once) ...", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)

@@ -1,0 +1,69 @@
+"""Ctrl-C (SIGINT) or SIGTERM stops a search cleanly: not a success, the report marks what did
+not finish, and the printed --resume command finishes the search."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import cli_env, tiny_experiment
+
+TRIALS = 6
+
+
+def interrupt_after_first_result(experiment: Path, out: Path, signum: int, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the search, send `signum` to its driver once a trial has reported, wait for its exit."""
+    proc = subprocess.Popen([sys.executable, "-m", "search.run", str(experiment), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=cwd)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(p.read_text().strip() for p in out.glob("tune/run_trial_*/result.json")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the search ended before it could be interrupted"
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=180)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_marks_unfinished_trials_and_says_how_to_resume(coats: Path, tmp_path: Path) -> None:
+    experiment = tiny_experiment(tmp_path, coats, trials=TRIALS, epochs=3)
+    out = tmp_path / "out"
+    stopped = interrupt_after_first_result(experiment, out, signal.SIGINT, tmp_path)
+    assert stopped.returncode == 130, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    assert "Tuner.restore" not in stopped.stdout + stopped.stderr
+    command = next(line.split("continue it with: ", 1)[1] for line in stopped.stderr.splitlines()
+                   if "continue it with: " in line)
+    assert command.endswith("--resume") and str(out) in command
+    report = pd.read_csv(out / "report.csv")
+    assert (report["status"] == "unfinished").any(), report[["status", "epochs"]]
+    assert not ((report["status"] == "early_stopped") & (report["epochs"] == 0)).any()
+    assert json.loads((out / "manifest.json").read_text())["state"] == "interrupted"
+
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "search.run"]
+    resumed = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, env=cli_env(),
+                             cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    report = pd.read_csv(out / "report.csv")
+    assert len(report) == TRIALS and report["status"].isin(["completed", "early_stopped"]).all()
+    assert json.loads((out / "manifest.json").read_text())["state"] == "finished"
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_with_the_state_saved(coats: Path, tmp_path: Path) -> None:
+    experiment = tiny_experiment(tmp_path, coats, trials=TRIALS, epochs=3)
+    out = tmp_path / "out"
+    stopped = interrupt_after_first_result(experiment, out, signal.SIGTERM, tmp_path)
+    assert stopped.returncode == 143, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    assert "--resume" in stopped.stderr and (out / "report.csv").is_file()
+    assert json.loads((out / "manifest.json").read_text())["state"] == "interrupted"
