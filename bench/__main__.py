@@ -32,6 +32,7 @@ from bench.cases_data import data_cases
 from bench.cases_train import DEFAULT_ARCHS, train_cases, train_size_px
 from bench.inputs import generate
 from bench.measure import BATCH_SIZE, CPUS
+from bench.overhead import liar_cases, overhead_cases
 from bench.records import Record, add_ratios, table
 from trainables.archs import ARCHS
 
@@ -40,8 +41,8 @@ TIMED_BATCHES = {"quick": 5, "full": 50}  # per round
 ROUNDS = 3
 IMAGES = {"quick": 800, "full": 4000}
 SIZE_PX = {"quick": 96, "full": 299}
-CASES = ("data", "train", "features", "sharing", "startup")
-IN_ALL = ("data", "train", "features", "sharing")  # startup starts Ray and runs a search: asked for by name
+CASES = ("data", "train", "features", "sharing", "startup", "overhead", "liar")
+IN_ALL = ("data", "train", "features", "sharing")  # the others run searches (startup, overhead: Ray): asked by name
 SHARING = 4  # processes sharing the device: trials with gpus_per_worker=0.25
 SHARING_STEPS = 4  # x --batches steps per process: long enough that their start-up skew is noise
 STARTUP_TRIALS = 4
@@ -59,7 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"{SIZE_PX['full']}); training uses each arch's usual size, or this one with --quick")
     parser.add_argument("--cases", nargs="+", choices=("all", *CASES), default=["all"],
                         help=f"any of: data (cache, data epochs), train (training steps), features (frozen-feature "
-                        f"cache), sharing (processes sharing the device), startup (trials' start under Ray); "
+                        f"cache), sharing (processes sharing the device), startup (trials' start under Ray), "
+                        f"overhead (where a search's time goes: ours, a bare Ray trial, a plain Optuna loop), "
+                        f"liar (TPE's constant_liar for trials at once); "
                         f"all: {', '.join(IN_ALL)} (default)")
     parser.add_argument("--archs", nargs="+", choices=tuple(ARCHS), default=list(DEFAULT_ARCHS), metavar="ARCH",
                         help=f"architectures of the train case, with random weights (default: "
@@ -130,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
                                      args.sharing, args.rounds)
         if "startup" in cases:
             records += startup_cases(root, device, args.startup_trials, cache, work)
+        if "overhead" in cases:
+            records += overhead_cases(root, args.quick, cache, work)
+        if "liar" in cases:
+            records += liar_cases(root, args.quick, cache)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

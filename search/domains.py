@@ -27,7 +27,7 @@ class SpecError(ValueError):
 # --- domains a search parameter can take -------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, init=False)
+@dataclasses.dataclass(frozen=True, init=False, repr=False)
 class Choice:
     """One of a few values (sampled by TPE as a categorical)."""
 
@@ -42,6 +42,9 @@ class Choice:
 
     def __contains__(self, value: object) -> bool:
         return value in self.options
+
+    def __repr__(self) -> str:  # as it is written in an experiment file, so a repr loads back
+        return f"Choice({', '.join(map(repr, self.options))})"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,14 +45,16 @@ def records(grid: tune.ResultGrid, finished: set[str] | None = None) -> tuple[li
     return trials, stored.history_frame(histories)
 
 
-def facts(experiment: Experiment, classes: tuple[str, ...]) -> stored.SearchFacts:
-    """What the report needs of the experiment."""
+def facts(experiment: Experiment, classes: tuple[str, ...], concurrency: int = 0,
+          search_wall_s: float = 0.0) -> stored.SearchFacts:
+    """What the report needs of the experiment (and of how the search ran)."""
     budget = experiment.budget
     return stored.SearchFacts(
         name=experiment.name, objective=experiment.objective, mode=experiment.mode, max_epochs=budget.max_epochs,
         trials=budget.trials, grace_period_epochs=budget.grace_period_epochs,
         reduction_factor=budget.reduction_factor, recipe_points=recipe_points(experiment), classes=list(classes),
-        image_size_px=experiment.image_size_px, study_file=STUDY_FILE)
+        image_size_px=experiment.image_size_px, study_file=STUDY_FILE, concurrency=concurrency,
+        search_wall_s=round(search_wall_s, 2))
 
 
 def _evaluate_on_test(model: torch.nn.Module, arrays: ArrayData) -> tuple[pd.DataFrame, float]:
@@ -66,18 +68,19 @@ def _evaluate_on_test(model: torch.nn.Module, arrays: ArrayData) -> tuple[pd.Dat
 
 
 def finish(grid: tune.ResultGrid, experiment: Experiment, arrays: ArrayData, output: Output,
-           finished: set[str] | None = None) -> dict[str, Any]:
+           finished: set[str] | None = None, concurrency: int = 0, search_wall_s: float = 0.0) -> dict[str, Any]:
     """Write the report, export the best model, evaluate it once on test/; returns a summary.
 
     Files go to the local working folder of `output` (the caller uploads them).
     """
     out = output.local
     trials, history = records(grid, finished)
-    run = stored.StoredRun(facts(experiment, arrays.classes), trials, history)
+    run = stored.StoredRun(facts(experiment, arrays.classes, concurrency, search_wall_s), trials, history)
     frame = table.trial_table(trials, history, run.facts)
     table.save(frame, out)  # the table first: it survives whatever fails below
     print("\n" + table.render(frame), flush=True)
-    summary: dict[str, Any] = {"trials": len(frame), "status": frame["status"].value_counts().to_dict()}
+    summary: dict[str, Any] = {"trials": len(frame), "status": frame["status"].value_counts().to_dict(),
+                               "time": table.time_split(frame, run.facts)}
     usable = frame[(frame["status"] != "error") & frame["checkpoint_path"].notna()]
     if usable.empty:
         print("No trial produced a model: see the error column of report.csv.", flush=True)

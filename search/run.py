@@ -19,6 +19,7 @@ from search import manifest
 from search.data.leakage import find_leakage
 from search.data.report import data_report, leakage_warning
 from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMARY_FILE, TUNE_DIR
+from search.space import without_random_frozen_backbones
 from search.spec import Experiment, SpecError, load_experiment, replace
 from search.stop import GracefulStop
 from search.storage import Output, open_output
@@ -180,11 +181,13 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
     started = time.perf_counter()
     with GracefulStop() as stop:
         grid = tuning.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch)
+    search_wall_s = time.perf_counter() - started
     interrupted = stop.signum is not None
     if not interrupted:
         tuning.end_unfinished_trials(experiment, output)
     summary = finish(grid, experiment, arrays, output,
-                     finished=tuning.finished_trial_ids(experiment, output) if interrupted else None)
+                     finished=tuning.finished_trial_ids(experiment, output) if interrupted else None,
+                     concurrency=the_plan.concurrency, search_wall_s=search_wall_s)
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     manifest.write(out, experiment, data_sha, "interrupted" if interrupted else "finished")
@@ -207,7 +210,9 @@ def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) ->
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         check_folders(args)
-        experiment = apply_overrides(load_experiment(args.experiment), args)
+        experiment, note = without_random_frozen_backbones(apply_overrides(load_experiment(args.experiment), args))
+        if note:
+            print(note, flush=True)
         output = open_output(args.out or str(Path("results") / experiment.name), _cache_dir(args))
         with manifest.hold(output.local, output.display()):
             _refuse_or_fetch(output, args)

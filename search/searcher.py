@@ -15,6 +15,7 @@ so a search folder can be moved, copied or resumed on another machine.
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any
 
 import optuna
@@ -38,14 +39,42 @@ class StudySearch(OptunaSearch):
     """`OptunaSearch` that reconciles Tune's restored trials with the study (module docstring),
     and reports each result at its `epoch` (Tune's iteration count restarts on resume)."""
 
+    # Tune pickles the searcher twice (tuner.pkl at the start, searcher-state-*.pkl as it goes).
+    # An Optuna study unpickles by reconnecting to its storage's URL, which fails once OUT has
+    # moved; so the pickles hold the URL and the trials' ids, and the study is reopened from
+    # the OUT being resumed (`bind`) when they are read back.
+
+    def _portable(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_storage_url"] = self._storage.url if self._storage is not None else state.get("_storage_url")
+        state["_ot_trial_ids"] = {tune_id: trial._trial_id for tune_id, trial in self._ot_trials.items()}
+        state.update(_storage=None, _ot_study=None, _ot_trials={})
+        return state
+
+    def _reopen(self) -> None:
+        url = _study_url or self.__dict__.get("_storage_url")
+        if url is None:
+            return
+        self._storage = optuna.storages.RDBStorage(url)
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
+        self._ot_trials = {tune_id: optuna.trial.Trial(self._ot_study, trial_id)
+                           for tune_id, trial_id in self.__dict__.pop("_ot_trial_ids", {}).items()}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self._portable()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reopen()
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self._portable(), file)
+
     def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        if _study_url is not None:
-            storage = optuna.storages.RDBStorage(_study_url)
-            self._storage = storage
-            self._ot_study = optuna.load_study(study_name=self._study_name, storage=storage, sampler=self._sampler)
-            self._ot_trials = {tune_id: optuna.trial.Trial(self._ot_study, trial._trial_id)
-                               for tune_id, trial in self._ot_trials.items()}
+        with open(checkpoint_path, "rb") as file:
+            self.__dict__.update(pickle.load(file))
+        self._reopen()
         self._reconcile()
 
     def _reconcile(self) -> None:

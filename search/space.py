@@ -10,6 +10,7 @@ Ray Tune merges into the trial's config.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -72,3 +73,27 @@ def recipe_points(experiment: Experiment) -> list[dict[str, Any]]:
         points.append({f"lr_{optimizer}" if name == "lr" else name: value for name, value in recipe.items()
                        if isinstance(space.domain(name, optimizer), Domain)})
     return points
+
+
+def without_random_frozen_backbones(experiment: Experiment) -> tuple[Experiment, str | None]:
+    """The experiment without the frozen backbones it cannot learn from, and a note saying so.
+
+    With `weights="none"` a frozen backbone is a random feature extractor: its head trains on
+    noise and the trial ends at chance level. Such architectures are left out of a searched
+    `arch` (with the recipes that name them); pinning `arch` to one keeps it.
+    """
+    arch = experiment.space.arch
+    if experiment.weights != "none" or not isinstance(arch, Choice):
+        return experiment, None
+    dropped = [a for a in arch.options if ARCHS[a].freeze == "all"]
+    kept = [a for a in arch.options if a not in dropped]
+    if not dropped or not kept:
+        return experiment, None
+    recipes = tuple(r for r in experiment.recipes if r.get("arch") not in dropped)
+    lost = len(experiment.recipes) - len(recipes)
+    note = (f"note: {', '.join(dropped)} left out of the space: with weights='none' a frozen backbone is a "
+            "random feature extractor and its head cannot learn from it"
+            + (f" ({lost} recipe{'s' * (lost > 1)} naming it dropped too)" if lost else "")
+            + "; pin Space(arch=...) to it to search it anyway")
+    space = dataclasses.replace(experiment.space, arch=Choice(*kept) if len(kept) > 1 else kept[0])
+    return dataclasses.replace(experiment, space=space, recipes=recipes), note

@@ -132,7 +132,7 @@ def finished_trial_ids(experiment: Experiment, output: Output) -> set[str]:
     return finished_trials(study_url(output.local), experiment.name)
 
 
-def _searcher(experiment: Experiment, out: Path) -> StudySearch:
+def _searcher(experiment: Experiment, out: Path, concurrency: int) -> StudySearch:
     import warnings
 
     import optuna
@@ -142,8 +142,11 @@ def _searcher(experiment: Experiment, out: Path) -> StudySearch:
         # group=True is "experimental" in Optuna 5.0, and what conditional spaces need:
         # TPE then models each branch (small_cnn, inception_partial, sgd, ...) on its own.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # constant_liar (experimental too): a trial still running counts as a poor result, so
+        # trials started together are not proposed the same point.
         sampler = optuna.samplers.TPESampler(seed=experiment.seed, multivariate=True, group=True,
-                                             n_startup_trials=max(2, min(10, experiment.budget.trials // 3)))
+                                             n_startup_trials=max(2, min(10, experiment.budget.trials // 3)),
+                                             constant_liar=concurrency > 1)
     return StudySearch(space=space_function(experiment.space), metric=best_metric(experiment.objective),
                         mode=experiment.mode, points_to_evaluate=recipe_points(experiment) or None,
                         sampler=sampler, study_name=experiment.name,
@@ -172,8 +175,8 @@ def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: 
     """
     trainable = _trainable(experiment, output, arrays, the_plan, on_epoch)
     tune_path = output.child(TUNE_DIR)
+    bind(study_url(output.local))  # the study of this OUT, wherever it was when the search began
     if resume and tune.Tuner.can_restore(tune_path):
-        bind(study_url(output.local))  # the study of this OUT, wherever it was when the search began
         # resume_errored keeps the trial id (Optuna knows it); restart_errored would not.
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit()
@@ -184,8 +187,9 @@ def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: 
         grace_period=budget.grace_period_epochs, reduction_factor=budget.reduction_factor)
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=_searcher(experiment, output.local), scheduler=scheduler,
-                                    num_samples=budget.trials, max_concurrent_trials=the_plan.concurrency),
+        tune_config=tune.TuneConfig(search_alg=_searcher(experiment, output.local, the_plan.concurrency),
+                                    scheduler=scheduler, num_samples=budget.trials,
+                                    max_concurrent_trials=the_plan.concurrency),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=output.uri, callbacks=[PlacementGroupReaper()],
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=1),
     )

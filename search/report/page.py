@@ -19,7 +19,7 @@ from search.report import plots
 from search.report.metrics import classification, param_importances
 from search.report.render import Block, Heading, Para, Picture, Table, Verdict, to_html, to_markdown
 from search.report.stored import SearchFacts, StoredRun, trial_history
-from search.report.table import param_columns, save, trial_table
+from search.report.table import param_columns, save, time_split, trial_table
 from trainables.archs import ARCHS
 
 SHOWN_TRIALS = 30
@@ -199,6 +199,23 @@ def _search_blocks(frame: pd.DataFrame, run: StoredRun, out: Path, plots_dir: Pa
     return blocks
 
 
+def _time_blocks(frame: pd.DataFrame, run: StoredRun) -> list[Block]:
+    split = time_split(frame, run.facts)
+    if split is None:
+        return []
+    slot, facts = split["slot_s"], run.facts
+
+    def share(seconds: float) -> str:
+        return f"{seconds:.0f} s ({seconds / slot:.0%})"
+
+    return [Heading("Where the time went"),
+            Para(f"{slot:.0f} slot-seconds ({facts.search_wall_s:.0f} s of search x {facts.concurrency} trials at "
+                 f"once): training and validation {share(split['train_s'])}, trial start-up "
+                 f"{share(split['startup_s'])}, the rest (report hand-overs, checkpoints, teardown, waiting) "
+                 f"{share(split['rest_s'])}. Useful fraction **{split['useful_fraction']:.2f}**; "
+                 f"{split['overhead_per_trial_s']:.1f} s of overhead per trial.")]
+
+
 def _blocks(frame: pd.DataFrame, run: StoredRun, out: Path, plots_dir: Path) -> list[Block]:
     importances, importance_note = param_importances(out, run.facts)
     best_id = run.best["trial_id"] if run.best else None
@@ -215,6 +232,7 @@ def _blocks(frame: pd.DataFrame, run: StoredRun, out: Path, plots_dir: Path) -> 
              + f"; `train_time_s` is seconds of training.{more} in `{REPORT_CSV}` / `{REPORT_PARQUET}`, "
              "with more columns."),
         Table(board, highlight),
+        *_time_blocks(frame, run),
         *_constant_params(frame),
         *_search_blocks(frame, run, out, plots_dir, importances, importance_note),
     ]

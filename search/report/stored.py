@@ -40,6 +40,8 @@ class SearchFacts:
     classes: list[str]
     image_size_px: int
     study_file: str
+    concurrency: int = 0  # trials at once; 0: not recorded (an older run)
+    search_wall_s: float = 0.0  # the search's wall time, report and export excluded; 0: not recorded
 
 
 @dataclass(frozen=True)

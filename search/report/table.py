@@ -81,6 +81,19 @@ def trial_table(trials: list[TrialRecord], history: pd.DataFrame, facts: SearchF
     return table(rows, facts.objective, facts.mode)
 
 
+def time_split(frame: pd.DataFrame, facts: SearchFacts) -> dict[str, float] | None:
+    """Where the search's slot time went: its wall time x the trials it ran at once, split into
+    the trials' training (`train_time_s`: epochs, validation), their start-up (`startup_s`) and
+    the rest (report hand-overs, checkpoints, teardown, waiting); None for an older run."""
+    if not (facts.search_wall_s > 0 and facts.concurrency > 0):
+        return None
+    slot_s = facts.search_wall_s * facts.concurrency
+    train_s, startup_s = float(frame["train_time_s"].fillna(0).sum()), float(frame["startup_s"].fillna(0).sum())
+    trials = max(1, len(frame))
+    return {"slot_s": slot_s, "train_s": train_s, "startup_s": startup_s, "rest_s": slot_s - train_s - startup_s,
+            "useful_fraction": train_s / slot_s, "overhead_per_trial_s": (slot_s - train_s) / trials}
+
+
 def param_columns(frame: pd.DataFrame, varied: bool) -> list[str]:
     """The `param.*` columns whose value differs between trials (`varied`), or that every trial
     shares (not `varied`); a parameter some trials did not use counts as varied."""

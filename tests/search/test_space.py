@@ -95,3 +95,21 @@ def test_a_recipe_may_repeat_a_pinned_value() -> None:
     space = Space(arch="small_cnn", optimizer="adam", lr={"adam": LogUniform(1e-4, 1e-2)}, batch_size=Choice(8, 16))
     ok = Experiment(name="x", data="d", image_size_px=32, space=space, recipes=({"arch": "small_cnn", "lr": 1e-3},))
     assert recipe_points(ok) == [{"lr_adam": 1e-3}]
+
+
+def test_frozen_backbones_with_random_weights_leave_the_space_unless_pinned() -> None:
+    from search.space import without_random_frozen_backbones
+    from search.spec import load_experiment
+    from tests.conftest import REPO
+
+    quickstart = load_experiment(REPO / "experiments" / "quickstart.py")
+    assert quickstart.weights == "none" and "inception_frozen" in quickstart.space.archs()
+    learnable, note = without_random_frozen_backbones(quickstart)
+    assert "inception_frozen" not in learnable.space.archs() and "small_cnn" in learnable.space.archs()
+    assert all(r.get("arch") != "inception_frozen" for r in learnable.recipes) and len(learnable.recipes) == 1
+    assert note.startswith("note: inception_frozen left out") and "1 recipe" in note
+    assert {c["arch"] for c in sample(learnable.space, n=50)} == set(learnable.space.archs())
+    pinned = Experiment(name="x", data="d", weights="none", space=Space(arch="inception_frozen"))
+    assert without_random_frozen_backbones(pinned) == (pinned, None)
+    imagenet = Experiment(name="x", data="d", space=Space(arch=Choice("small_cnn", "inception_frozen")))
+    assert without_random_frozen_backbones(imagenet) == (imagenet, None)

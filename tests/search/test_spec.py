@@ -142,3 +142,13 @@ def test_a_spec_error_inside_an_experiment_file_is_passed_on(tmp_path: Path) -> 
     with pytest.raises(SpecError) as err:
         load_experiment(path)
     assert err.value.field == "Experiment.seed"
+
+
+def test_an_experiment_s_repr_is_an_experiment_file_that_loads_back(tmp_path) -> None:
+    from search.spec import load_experiment
+
+    experiment = Experiment(name="x", data="d", space=Space(arch=Choice("small_cnn", "inception_partial"),
+                                                            batch_size=Choice(16, 32)))
+    path = tmp_path / "again.py"
+    path.write_text(f"from search.spec import *\n\nexperiment = {experiment!r}\n")
+    assert load_experiment(path) == experiment

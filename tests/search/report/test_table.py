@@ -169,3 +169,29 @@ def test_the_cli_on_a_folder_without_a_search_is_one_line_exit_2(tmp_path: Path,
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert str(tmp_path) in lines[0]
+
+
+def test_an_interrupted_trial_is_unfinished_not_early_stopped() -> None:
+    cut = trial_row("abc", 2, CONFIG, HISTORY.iloc[:1], None, "val_acc", "max", 3, [], unfinished=True)
+    assert cut["status"] == "unfinished" and cut["epochs"] == 1
+    never = trial_row("def", 3, CONFIG, None, None, "val_acc", "max", 3, [], unfinished=True)
+    assert never["status"] == "unfinished" and never["epochs"] == 0
+    failed = trial_row("ghi", 4, CONFIG, None, RuntimeError("x"), "val_acc", "max", 3, [], unfinished=True)
+    assert failed["status"] == "error"
+
+
+def test_where_the_time_went_splits_slot_time_and_older_runs_have_none(tmp_path: Path) -> None:
+    import dataclasses
+
+    run = fake_run()
+    frame = table.trial_table(run.trials, run.history, run.facts)
+    assert table.time_split(frame, run.facts) is None  # a run stored before the split was recorded
+    timed = dataclasses.replace(run, facts=dataclasses.replace(run.facts, concurrency=2, search_wall_s=100.0))
+    split = table.time_split(frame, timed.facts)
+    train_s, startup_s = frame["train_time_s"].sum(), frame["startup_s"].sum()
+    assert split["slot_s"] == 200.0 and split["train_s"] == pytest.approx(train_s)
+    assert split["rest_s"] == pytest.approx(200.0 - train_s - startup_s)
+    assert split["useful_fraction"] == pytest.approx(train_s / 200.0)
+    build(tmp_path, timed)
+    page = (tmp_path / REPORT_MD).read_text()
+    assert "## Where the time went" in page and f"Useful fraction **{train_s / 200:.2f}**" in page
