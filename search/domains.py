@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -149,6 +150,20 @@ def check_type(field: str, value: Any, hint: Any) -> None:
 def require(field: str, value: Any, ok: bool, allowed: str) -> None:
     if not ok:
         raise SpecError(field, value, allowed)
+
+
+SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+              "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(field: str, text: str) -> int:
+    """Bytes in a size such as `4GB`, `500MB`, `1.5G`, `2GiB` or `0` (any case; KB/MB/GB/TB
+    are powers of 1000, KiB/MiB/GiB/TiB of 1024); a `SpecError` naming `field` otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
+    if not match:
+        raise SpecError(field, text, "a size such as 4GB, 500MB or 0 (a number of bytes, "
+                                     "with an optional unit: KB, MB, GB, TB or KiB, MiB, GiB, TiB)")
+    return int(float(match[1]) * SIZE_UNITS[(match[2] or "").lower()])
 
 
 def spec_class(cls: type) -> type:

@@ -18,6 +18,7 @@ from pathlib import Path
 from search import manifest
 from search.data.leakage import find_leakage
 from search.data.report import data_report, leakage_warning
+from search.domains import parse_size
 from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMARY_FILE, TUNE_DIR
 from search.space import without_random_frozen_backbones
 from search.spec import Experiment, SpecError, load_experiment, replace
@@ -52,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="seed of the sampler, the split and the training")
     parser.add_argument("--cache", help=f"folder of decoded-image caches (default: ${data.CACHE_ENV} or "
                                         "~/.cache/imagesearch), shared by runs on the same data")
+    parser.add_argument("--cache-max", default=data.DEFAULT_CACHE_MAX, metavar="SIZE",
+                        help="keep the decoded caches under SIZE (4GB, 500MB; 0 keeps only this run's), removing "
+                             f"the least recently used after the data is ready (default: {data.DEFAULT_CACHE_MAX})")
     return parser.parse_args(argv)
 
 
@@ -139,12 +143,17 @@ def _check_weights(experiment: Experiment) -> None:
 def _prepare(experiment: Experiment, args: argparse.Namespace, output: Output) -> tuple[data.ArrayData, str]:
     """Decode (or reuse) the data and write the data report; the arrays and their fingerprint.
     On --resume, refuse an experiment or data other than the ones OUT was started with."""
+    cache_max_bytes = parse_size("--cache-max", args.cache_max)  # before decoding: a typo costs nothing
     folder = _data_folder(experiment)
     if not args.check:
         _check_weights(experiment)
     started = time.perf_counter()
     cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed,
                          _cache_dir(args))
+    count, freed_bytes = data.evict(cache.path, cache_max_bytes)
+    if count:
+        print(f"Freed {count} least recently used decoded caches ({freed_bytes / 1e6:.1f} MB) in {cache.path.parent} "
+              f"to keep it under --cache-max {args.cache_max}", flush=True)
     arrays = data.load(cache.path)
     how = "reused the decoded cache" if cache.reused else "decoded into the cache"
     print(data.summary(arrays, folder) + f"\n  ({how} {cache.path} in {time.perf_counter() - started:.1f} s)",

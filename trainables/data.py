@@ -4,13 +4,15 @@ A data folder holds `train/` and `test/`, one subfolder per class (sorted names 
 class order). Images are decoded once, converted to RGB, resized to the experiment's size
 and stored as uint8 arrays in one `.npz` file, keyed by the files' content, the image size,
 the split and this code's version, instead of every trial decoding every JPEG in every
-epoch. Only the image files directly inside a class folder count: nested folders, files
-outside class folders and non-image files are not read, and are listed (with the reason)
-so the data report shows them; hidden files are ignored silently.
+epoch; the cache folder keeps to a size limit, the least recently used caches going first.
+Only the image files directly inside a class folder count: nested folders, files outside
+class folders and non-image files are not read, and are listed (with the reason) so the
+data report shows them; hidden files are ignored silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -30,6 +32,8 @@ MIN_IMAGES_PER_CLASS = 2
 # larger images are skipped, never decoded: a small file can claim gigapixels.
 MAX_PIXELS = 89_478_485
 CACHE_ENV = "IMAGESEARCH_CACHE"
+# A few data sets of a few thousand images at 299 px (~270 KB each decoded) fit.
+DEFAULT_CACHE_MAX = "4GB"
 
 
 class DataError(ValueError):
@@ -252,6 +256,8 @@ def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir:
     fingerprint = _fingerprint(found, hashes, skipped, size_px, val_fraction, seed)
     cache = Path(cache_dir or default_cache_dir()) / f"arrays-{fingerprint}.npz"
     if cache.exists():
+        with contextlib.suppress(OSError):  # a use counts as recent for `evict`; another user's file may refuse
+            os.utime(cache)
         return Prepared(cache, reused=True)
     classes = found.classes
     train_all, test = (_decode_all([item for item in found.files[split] if item[0] in hashes], size_px, skipped)
@@ -272,6 +278,29 @@ def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir:
              ignored=np.asarray(found.ignored, dtype=str).reshape(-1, 2))
     os.replace(tmp, cache)  # atomic: a reader never sees a half-written cache
     return Prepared(cache, reused=False)
+
+
+def evict(keep: Path, max_bytes: int) -> tuple[int, int]:
+    """Remove the other decoded caches in `keep`'s folder, least recently used (oldest mtime)
+    first, until all fit in `max_bytes`; (count, bytes) freed. `keep` (this run's) stays even
+    when alone over the limit; files being written (`*.tmp-*`) and everything else stay too."""
+    others = []
+    for path in keep.parent.glob("arrays-*.npz"):
+        if path == keep or ".tmp-" in path.name:
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another run may evict at the same time
+            stat = path.stat()
+            others.append((stat.st_mtime, path, stat.st_size))
+    total = keep.stat().st_size + sum(size for _, _, size in others)
+    count = freed = 0
+    for _, path, size in sorted(others):
+        if total <= max_bytes:
+            break
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            count, freed = count + 1, freed + size
+        total -= size
+    return count, freed
 
 
 def load(cache: Path) -> ArrayData:

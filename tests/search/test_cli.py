@@ -156,6 +156,33 @@ def test_one_class_is_one_line_exit_2(tmp_path: Path) -> None:
                       f"{root / 'train'}: has one class folder ('cats')", "needs at least two")
 
 
+def test_cache_max_frees_the_least_recently_used_caches_and_says_so(tmp_path: Path, coats: Path) -> None:
+    from tests.trainables.test_data import aged
+
+    cache, experiment = tmp_path / "cache", tiny_experiment(tmp_path, coats)
+    older = aged(cache / "arrays-older.npz", 200, size=2_000_000)
+    newer = aged(cache / "arrays-newer.npz", 100, size=1_000_000)
+    kept = [aged(cache / "arrays-other.tmp-1.npz", 300, size=1000), aged(cache / "runs" / "abc" / "x.csv", 300, size=1),
+            aged(cache / "notes.txt", 300, size=1)]
+    assert_user_error(run_cli(str(experiment), "--check", "--cache", str(cache), "--cache-max", "4XB", cwd=tmp_path),
+                      "--cache-max: '4XB' is not allowed", "a size such as 4GB, 500MB or 0")
+
+    proc = run_cli(str(experiment), "--check", "--cache", str(cache), "--cache-max", "2MB", "--out", "a", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [current] = [p for p in cache.glob("arrays-*.npz") if p not in (older, newer, kept[0])]
+    assert f"Freed 1 least recently used decoded caches (2.0 MB) in {cache} to keep it under --cache-max 2MB" \
+        in proc.stdout
+    assert not older.exists() and newer.exists() and current.stat().st_size < 1_000_000
+
+    again = run_cli(str(experiment), "--check", "--cache", str(cache), "--cache-max", "0", "--out", "b", cwd=tmp_path)
+    assert again.returncode == 0 and "reused the decoded cache" in again.stdout
+    assert "Freed 1 least recently used decoded caches (1.0 MB)" in again.stdout
+    assert sorted(p for p in cache.rglob("*") if p.is_file()) == sorted([current, *kept])
+
+    third = run_cli(str(experiment), "--check", "--cache", str(cache), "--cache-max", "0", "--out", "c", cwd=tmp_path)
+    assert third.returncode == 0 and "Freed" not in third.stdout and current.exists()
+
+
 def test_every_option_is_accepted(tmp_path: Path) -> None:
     from search.run import parse_args
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,44 @@ def test_one_class_is_refused_naming_it(tmp_path: Path) -> None:
     with pytest.raises(data.DataError) as err:
         data.scan(root)
     assert str(err.value) == f"{root / 'train'}: has one class folder ('cats'); a classifier needs at least two"
+
+
+def aged(path: Path, age_s: float, size: int | None = None) -> Path:
+    """`path` (written with `size` bytes when given) last used `age_s` seconds ago."""
+    if size is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\0" * size)
+    used = time.time() - age_s
+    os.utime(path, (used, used))
+    return path
+
+
+def test_evict_removes_the_least_recently_used_first_and_a_reuse_counts_as_use(tmp_path: Path) -> None:
+    root, cache = make_folder(tmp_path / "d"), tmp_path / "cache"
+    made_first = aged(data.prepare(root, 16, 0.2, 0, cache).path, 300)
+    made_later = aged(data.prepare(root, 24, 0.2, 0, cache).path, 200)
+    assert data.prepare(root, 16, 0.2, 0, cache).reused  # used again: now the most recent
+    current = data.prepare(root, 32, 0.2, 0, cache).path
+    limit, later_bytes = current.stat().st_size + made_first.stat().st_size, made_later.stat().st_size
+    assert data.evict(current, limit) == (1, later_bytes)
+    assert sorted(cache.iterdir()) == sorted([made_first, current])
+
+
+def test_evict_keeps_the_current_cache_alone_over_the_limit_and_every_other_file(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    current = aged(cache / "arrays-current.npz", 900, size=5000)  # the oldest, but this run's
+    evicted = [aged(cache / f"arrays-{n}.npz", age, size=1000) for n, age in (("a", 100), ("b", 50))]
+    kept = [aged(cache / "arrays-c.tmp-123.npz", 800, size=1000),  # another process is writing it
+            aged(cache / "runs" / "0123abcd" / "arrays-x.npz", 800, size=1000),  # a remote run's working folder
+            aged(cache / "notes.txt", 800, size=1000)]
+    assert data.evict(current, 0) == (2, 2000)
+    assert not any(p.exists() for p in evicted) and all(p.exists() for p in [current, *kept])
+    assert data.evict(current, 0) == (0, 0)
+
+
+def test_evict_frees_nothing_under_the_limit(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    current = aged(cache / "arrays-current.npz", 0, size=1000)
+    other = aged(cache / "arrays-other.npz", 100, size=1000)
+    assert data.evict(current, 2000) == (0, 0) and other.exists()
+    assert data.evict(current, 1999) == (1, 1000) and not other.exists()
