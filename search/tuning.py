@@ -6,11 +6,12 @@ experiment going in and a `ResultGrid` coming out.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
@@ -43,6 +44,23 @@ class _WithoutTunesResumeHint(logging.Filter):
 
 
 logging.getLogger("ray.tune.tune").addFilter(_WithoutTunesResumeHint())
+
+
+# Where the running search's Tune state lives now (its OUT may have moved since it began).
+_storage_fs_path: str | None = None
+
+
+class _ASHA(ASHAScheduler):
+    """ASHA that also stores every new trial where OUT is now. Restored from a moved OUT, Tune
+    moves the trials it restores, but creates new ones at the old place (its search generator
+    pickled the experiment's storage), where nothing can read them back."""
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        if _storage_fs_path is not None and trial.storage.storage_fs_path != _storage_fs_path:
+            storage = copy.copy(trial.storage)
+            storage.storage_fs_path = _storage_fs_path
+            trial.set_storage(storage)  # also moves the paths of its tracked checkpoints
+        super().on_trial_add(tune_controller, trial)
 
 
 @dataclass(frozen=True)
@@ -175,13 +193,15 @@ def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: 
     """
     trainable = _trainable(experiment, output, arrays, the_plan, on_epoch)
     tune_path = output.child(TUNE_DIR)
+    global _storage_fs_path
+    _storage_fs_path = output.path
     bind(study_url(output.local))  # the study of this OUT, wherever it was when the search began
     if resume and tune.Tuner.can_restore(tune_path):
         # resume_errored keeps the trial id (Optuna knows it); restart_errored would not.
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit()
     budget = experiment.budget
-    scheduler = ASHAScheduler(
+    scheduler = _ASHA(
         # After a restore Tune's own iteration count restarts at 1; the epoch does not.
         time_attr="epoch", metric=experiment.objective, mode=experiment.mode, max_t=budget.max_epochs,
         grace_period=budget.grace_period_epochs, reduction_factor=budget.reduction_factor)

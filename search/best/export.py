@@ -93,8 +93,9 @@ def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: 
                        "layout": "NCHW, RGB, values scaled to [0, 1] before mean/std"},
         "versions": _versions(),
     }
+    for stale in [*out.glob(f".{BEST_DIR}.tmp-*"), *out.glob(f".{BEST_DIR}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a run killed mid-export (OUT is locked: not in use)
     staging = out / f".{BEST_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         torch.save(state["model"], staging / MODEL_FILE)
