@@ -6,6 +6,7 @@ Everything the report is built from is stored in OUT (see `search.report`), so
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,25 @@ def _trial_id_and_number(result: tune.Result) -> tuple[str, int]:
     return parts[2], int(parts[3])
 
 
+def _epochs(result: tune.Result) -> pd.DataFrame | None:
+    """Every epoch a trial reported, once each. A trial Tune restores without a Tune checkpoint
+    (ours are Train's) has its result.json started afresh, so the epochs before a resume live
+    only in its progress.csv: both are read, the later report of an epoch kept."""
+    frames = []
+    try:
+        with result.filesystem.open_input_stream(f"{result.path}/progress.csv") as stream:
+            frames.append(pd.read_csv(io.BytesIO(stream.read())))
+    except (OSError, ValueError):  # no progress.csv, or an empty one
+        pass
+    if result.metrics_dataframe is not None:
+        frames.append(result.metrics_dataframe)
+    frames = [f for f in frames if len(f) and "epoch" in f]
+    if not frames:
+        return None
+    merged = pd.concat(frames, ignore_index=True).drop_duplicates("epoch", keep="last")
+    return merged.sort_values("epoch", kind="stable").reset_index(drop=True)
+
+
 def records(grid: tune.ResultGrid, finished: set[str] | None = None) -> tuple[list[stored.TrialRecord], pd.DataFrame]:
     """Every trial of a search as stored for the report, and all their epochs. `finished`
     (after an interruption): the trials that ended; the others are marked unfinished."""
@@ -41,7 +61,7 @@ def records(grid: tune.ResultGrid, finished: set[str] | None = None) -> tuple[li
         trials.append(stored.TrialRecord(trial_id, number, dict(result.config or {}),
                                          None if result.error is None else str(result.error),
                                          unfinished=finished is not None and trial_id not in finished))
-        histories[trial_id] = result.metrics_dataframe
+        histories[trial_id] = _epochs(result)
     return trials, stored.history_frame(histories)
 
 
@@ -102,7 +122,7 @@ def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment,
     hp = hparams(config, experiment.weights)
     metrics = {k: float(best[k]) for k in ("val_acc", "val_loss", "train_acc", "train_loss")}
     metrics["epochs_run"] = int(best["epochs"])
-    state = load_state(output, best["checkpoint_path"], STATE_FILE)
+    state = load_state(output, output.checkpoint(best["checkpoint_path"]), STATE_FILE)
     model = export.build_model(arrays.classes, hp, state["model"])
     # test/ is used once, here, for the chosen model only: it never steers the search.
     predictions, test_loss = _evaluate_on_test(model, arrays)

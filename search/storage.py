@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from search.files import RAY_DIRS
+from search.files import RAY_DIRS, TRAIN_DIR
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,12 @@ class Output:
     def exists(self, *parts: str) -> bool:
         info = self.filesystem.get_file_info("/".join([self.path, *parts]))
         return info.type != pafs.FileType.NotFound
+
+    def checkpoint(self, reported: str) -> str:
+        """A checkpoint's path as a trial reported it, inside this output as it is now: a search
+        folder moved (or fetched elsewhere) since keeps its checkpoints under `train/`."""
+        _, sep, inside = reported.rpartition(f"/{TRAIN_DIR}/")
+        return f"{self.path}/{TRAIN_DIR}/{inside}" if sep else reported
 
     def read_bytes(self, path: str) -> bytes:
         """A file by its path inside the output's filesystem (as Ray reports checkpoints)."""
