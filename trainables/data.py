@@ -5,9 +5,7 @@ class order). Images are decoded once, converted to RGB, resized to the experime
 and stored as uint8 arrays in one `.npz` file, keyed by the files' content, the image size,
 the split and this code's version, instead of every trial decoding every JPEG in every
 epoch; the cache folder keeps to a size limit, the least recently used caches going first.
-Only the image files directly inside a class folder count: nested folders, files outside
-class folders and non-image files are not read, and are listed (with the reason) so the
-data report shows them; hidden files are ignored silently.
+Which files count is `trainables.folders`' job.
 """
 
 from __future__ import annotations
@@ -17,13 +15,18 @@ import errno
 import hashlib
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# DataError is part of this module's interface: prepare raises it for the folder it scans.
+from trainables.folders import DataError, Scan, scan
+
+__all__ = ["ArrayData", "DataError", "Prepared", "Split", "decode", "evict", "file_sha256", "load", "prepare",
+           "stratified_split", "summary"]
+
 # Bump when decoding changes, so caches built by older code are not reused.
 CACHE_VERSION = "3"
 SHOWN_SKIPPED = 10
@@ -34,13 +37,6 @@ MAX_PIXELS = 89_478_485
 CACHE_ENV = "IMAGESEARCH_CACHE"
 # A few data sets of a few thousand images at 299 px (~270 KB each decoded) fit.
 DEFAULT_CACHE_MAX = "4GB"
-
-
-class DataError(ValueError):
-    """The data folder is not usable; the message names the path and what is expected."""
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -65,16 +61,6 @@ class ArrayData:
 
 
 @dataclass(frozen=True)
-class Scan:
-    """What a data folder holds: classes, the (path, label) lists of train and test, and
-    the entries that were not read (non-images, nested folders) with the reason."""
-
-    classes: tuple[str, ...]
-    files: dict[str, list[tuple[Path, int]]]
-    ignored: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
 class Prepared:
     """A cache file `prepare` made or found; `reused` says which."""
 
@@ -91,63 +77,6 @@ def default_cache_dir() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagesearch"
-
-
-def is_image_file(path: Path) -> bool:
-    """A visible file with an image extension (any case)."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The image files directly in `folder`, sorted; hidden files and other types skipped."""
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
-
-
-def _visible(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-
-
-def _class_dirs(split_dir: Path, ignored: list[tuple[str, str]]) -> list[Path]:
-    if not split_dir.exists():
-        raise DataError(split_dir, "missing folder; expected one subfolder per class here")
-    if not split_dir.is_dir():
-        raise DataError(split_dir, "is a file; expected a folder with one subfolder per class")
-    entries = _visible(split_dir)
-    ignored += [(str(p), "file outside a class folder: not used") for p in entries if not p.is_dir()]
-    dirs = [p for p in entries if p.is_dir()]
-    if not dirs:
-        raise DataError(split_dir, "has no class subfolders; expected one subfolder per class")
-    return dirs
-
-
-def _class_files(folder: Path, ignored: list[tuple[str, str]]) -> list[Path]:
-    images = []
-    for path in _visible(folder):
-        if path.is_dir():
-            ignored.append((str(path), "nested folder: not scanned; put images directly in the class folder"))
-        elif path.suffix.lower() in IMAGE_EXTENSIONS:
-            images.append(path)
-        else:
-            ignored.append((str(path), f"not an image file (extension {path.suffix or 'none'!r})"))
-    return images
-
-
-def scan(root: Path) -> Scan:
-    """Classes, the image files of `train` and `test`, and what was not read, checked for structure."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(root, "missing data folder; expected a folder holding train/ and test/")
-    ignored: list[tuple[str, str]] = []
-    classes = tuple(d.name for d in _class_dirs(root / "train", ignored))
-    if len(classes) < 2:
-        raise DataError(root / "train", f"has one class folder ({classes[0]!r}); a classifier needs at least two")
-    test_classes = tuple(d.name for d in _class_dirs(root / "test", ignored))
-    if test_classes != classes:
-        raise DataError(root / "test", f"classes {list(test_classes)} differ from train/'s {list(classes)}")
-    files = {split: [(path, label) for label, name in enumerate(classes)
-                     for path in _class_files(root / split / name, ignored)]
-             for split in ("train", "test")}
-    return Scan(classes, files, ignored)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

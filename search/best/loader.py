@@ -15,7 +15,8 @@ from torch import nn
 
 from search.best.export import META_DIGEST, build_model, meta_sha256
 from search.files import BEST_DIR, META_FILE, MODEL_FILE
-from trainables.data import decode, file_sha256, is_image_file
+from trainables.data import decode, file_sha256
+from trainables.folders import is_image_file
 from trainables.hparams import HParams
 from trainables.loop import default_device, predict_logits
 

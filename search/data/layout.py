@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data import image_files, is_image_file
+from trainables.folders import image_files, is_image_file
 
 EXIT_USAGE = 2
 DEFAULT_CLASS_PATTERN = r"^([^._-]+)[._-]"  # "cat.1.jpg" -> "cat", "dog_001.png" -> "dog"
