@@ -85,7 +85,8 @@ def test_bad_arguments_are_one_line_exit_2(argv: list[str], fragment: str, capsy
 def test_all_means_every_case_but_startup_and_cases_combine() -> None:
     assert cli.parse_args([]).cases == ["data", "train", "features", "sharing"]
     assert cli.parse_args(["--cases", "startup", "features"]).cases == ["features", "startup"]
-    assert cli.parse_args(["--cases", "all", "startup"]).cases == list(cli.CASES)
+    assert cli.parse_args(["--cases", "all", "startup"]).cases == [*cli.IN_ALL, "startup"]
+    assert cli.parse_args(["--cases", "all", "startup", "overhead", "liar"]).cases == list(cli.CASES)
 
 
 def test_archs_default_to_the_tutorials_and_name_any_of_the_table() -> None:
