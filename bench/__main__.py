@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         if "startup" in cases:
             records += startup_cases(root, device, args.startup_trials, cache, work)
         if "overhead" in cases:
-            records += overhead_cases(root, args.quick, cache, work)
+            records += overhead_cases(root, args.quick, cache, work, device)
         if "liar" in cases:
             records += liar_cases(root, args.quick, cache)
     finally:

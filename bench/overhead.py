@@ -37,6 +37,7 @@ from trainables.loop import fit
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.py"
 HANDOVER_EPOCHS_FROM = 2  # the first epoch's time also holds the trial's start
+CPU = torch.device("cpu")
 
 
 def overhead_experiment(root: Path, quick: bool) -> Experiment:
@@ -75,11 +76,14 @@ def _checkpoint_bytes(out: Path) -> list[int]:
     return [sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) for folder in out.glob("train/*/epoch-*")]
 
 
-def our_search(experiment: Experiment, work: Path, cache_dir: Path) -> Record:
-    """Our search through `search.run.main` on a local Ray, measured from what it stored."""
+def run_search(experiment: Experiment, folder: Path, cache_dir: Path) -> tuple[Path, int]:
+    """`search.run.main` on `experiment` (written to `folder`/experiment.py) in a local Ray of its
+    own on every core, without the dashboard (the lent GPU machine lacks its packages; the
+    service frees stopped trials' workers without it); its OUT and how many trials ran at once."""
     import ray
 
-    file, out = work / "overhead_experiment.py", work / "overhead_out"
+    folder.mkdir(parents=True, exist_ok=True)
+    file, out = folder / "experiment.py", folder / "out"
     file.write_text(f"from search.spec import *\n\nexperiment = {experiment!r}\n")
     with contextlib.redirect_stdout(sys.stderr):
         ray.init(address="local", num_cpus=CPUS, include_dashboard=False, configure_logging=False,
@@ -92,7 +96,13 @@ def our_search(experiment: Experiment, work: Path, cache_dir: Path) -> Record:
         finally:
             ray.shutdown()
     if exit_code != 0:
-        raise RuntimeError(f"the overhead search failed (exit code {exit_code}); its output is above")
+        raise RuntimeError(f"the search {experiment.name} failed (exit code {exit_code}); its output is above")
+    return out, concurrency
+
+
+def our_search(experiment: Experiment, work: Path, cache_dir: Path) -> Record:
+    """Our search through `search.run.main` on a local Ray, measured from what it stored."""
+    out, concurrency = run_search(experiment, work / "overhead", cache_dir)
     report = pd.read_csv(out / "report.csv")
     wall_s = json.loads((out / "summary.json").read_text())["wall_time_s"]
     train_s = float(report["train_time_s"].fillna(0).sum())
@@ -154,11 +164,12 @@ def bare_ray(trials: int, work: Path) -> Record:
             "startup_s": startup}
 
 
-def optuna_loop(experiment: Experiment, arrays: data.ArrayData, batch: int = 1,
-                constant_liar: bool = False) -> tuple[Any, float]:
+def optuna_loop(experiment: Experiment, arrays: data.ArrayData, batch: int = 1, constant_liar: bool = False,
+                device: torch.device = CPU) -> tuple[Any, float]:
     """The experiment's space searched by Optuna in this process, no Ray: TPE as the service
-    configures it, successive halving as ASHA's rungs, the recipes first. `batch` trials are
-    asked before any is told, as `batch` trials at once would be; returns (study, wall seconds)."""
+    configures it, successive halving as ASHA's rungs, the recipes first, every trial trained on
+    `device`. `batch` trials are asked before any is told, as `batch` trials at once would be;
+    returns (study, wall seconds)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -187,7 +198,7 @@ def optuna_loop(experiment: Experiment, arrays: data.ArrayData, batch: int = 1,
                 raise optuna.TrialPruned()
 
         with contextlib.suppress(optuna.TrialPruned):  # pruned: its best epoch still counts, as ASHA's
-            fit(hp, arrays, budget.max_epochs, report, seed=experiment.seed, device=torch.device("cpu"))
+            fit(hp, arrays, budget.max_epochs, report, seed=experiment.seed, device=device)
         return max(values) if experiment.mode == "max" else min(values)
 
     started = time.perf_counter()
@@ -199,11 +210,11 @@ def optuna_loop(experiment: Experiment, arrays: data.ArrayData, batch: int = 1,
     return study, time.perf_counter() - started
 
 
-def plain_optuna(experiment: Experiment, arrays: data.ArrayData) -> Record:
-    """The plain in-process Optuna loop a user could write instead of our search."""
-    study, wall_s = optuna_loop(experiment, arrays)
+def plain_optuna(experiment: Experiment, arrays: data.ArrayData, device: torch.device) -> Record:
+    """The plain in-process Optuna loop a user could write instead of our search, on the device ours trains on."""
+    study, wall_s = optuna_loop(experiment, arrays, device=device)
     return {"case": "plain Optuna loop in one process (no Ray), same space and budget", "arch": None,
-            "size_px": experiment.image_size_px, "seconds": wall_s, "trials": len(study.trials),
+            "device": device.type, "size_px": experiment.image_size_px, "seconds": wall_s, "trials": len(study.trials),
             "best_val_acc": study.best_value}
 
 
@@ -231,7 +242,7 @@ def liar_cases(root: Path, quick: bool, cache_dir: Path, seeds: int = 3) -> list
     return records
 
 
-def overhead_cases(root: Path, quick: bool, cache_dir: Path, work: Path) -> list[Record]:
+def overhead_cases(root: Path, quick: bool, cache_dir: Path, work: Path, device: torch.device) -> list[Record]:
     """Our search, a bare Ray trial and the plain Optuna loop on the same data, one run."""
     experiment, note = without_random_frozen_backbones(overhead_experiment(root, quick))
     if note:
@@ -239,7 +250,7 @@ def overhead_cases(root: Path, quick: bool, cache_dir: Path, work: Path) -> list
     cache = data.prepare(root.resolve(), experiment.image_size_px, experiment.val_fraction, experiment.seed, cache_dir)
     ours = our_search(experiment, work, cache_dir)
     naive = bare_ray(ours["trials"], work)
-    plain = plain_optuna(experiment, data.load(cache.path))
+    plain = plain_optuna(experiment, data.load(cache.path), device)
     ours["ratio_vs_plain_optuna"] = ours["seconds"] / plain["seconds"]
     ours["startup_vs_bare_ray"] = ours["startup_s_median"] / naive["seconds"]
     summary = (f"our search {ours['seconds']:.1f} s for {ours['trials']} trials ({ours['concurrency']} at once): "

@@ -74,13 +74,20 @@ weights="none",
 space=Space(arch="small_cnn", cnn_width=8, cnn_depth=2, batch_size=16, augment=Uniform(0.0, 0.3),
             optimizer="adam", lr={{"adam": LogUniform(1e-3, 3e-2)}}),
 budget=Budget(trials={trials}, max_epochs={epochs}, grace_period_epochs=1, reduction_factor=2),
-resources=Resources(workers=1, cpus_per_worker={cpus}),
+resources=Resources(workers={workers}, cpus_per_worker={cpus}, gpus_per_worker={gpus!r}),
 """
 
 
-def tiny_experiment(folder: Path, data: Path, trials: int = 2, epochs: int = 2, cpus: float = 1) -> Path:
-    """A small-CNN-only experiment: seconds per trial on a 2-core machine."""
-    return write_experiment(folder, TINY.format(data=data, trials=trials, epochs=epochs, cpus=cpus))
+def tiny_body(data: Path, trials: int = 2, epochs: int = 2, cpus: float = 1, workers: int = 1,
+              gpus: float | str = "auto") -> str:
+    """The arguments of a small-CNN-only Experiment(...): seconds per trial on a 2-core machine."""
+    return TINY.format(data=data, trials=trials, epochs=epochs, cpus=cpus, workers=workers, gpus=gpus)
+
+
+def tiny_experiment(folder: Path, data: Path, trials: int = 2, epochs: int = 2, cpus: float = 1, workers: int = 1,
+                    gpus: float | str = "auto") -> Path:
+    """A small-CNN-only experiment file (`tiny_body`)."""
+    return write_experiment(folder, tiny_body(data, trials, epochs, cpus, workers, gpus))
 
 
 def cli_env() -> dict[str, str]:

@@ -85,6 +85,7 @@ def test_bad_arguments_are_one_line_exit_2(argv: list[str], fragment: str, capsy
 def test_all_means_every_case_but_the_searches_and_cases_combine() -> None:
     assert cli.parse_args([]).cases == ["data", "train", "features", "sharing"]
     assert cli.parse_args(["--cases", "startup", "features"]).cases == ["features", "startup"]
+    assert cli.parse_args(["--cases", "all", "startup"]).cases == [*cli.IN_ALL, "startup"]
     assert cli.parse_args(["--cases", "all", "startup", "overhead", "liar"]).cases == list(cli.CASES)
     assert cli.parse_args(["--quick", "--cases", "overhead"]).cases == ["overhead"]
 

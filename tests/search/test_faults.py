@@ -76,9 +76,9 @@ def fail_the_recipe_at_epoch_2(hp, metrics: dict) -> None:
 
 
 def test_a_trial_that_raises_ends_as_error_and_the_search_goes_on(ray_session, coats: Path, tmp_path: Path) -> None:
-    from tests.conftest import TINY
+    from tests.conftest import tiny_body
 
-    body = TINY.format(data=coats, trials=3, epochs=2, cpus=1) + 'recipes=({"lr": 0.02},),\n'
+    body = tiny_body(coats, trials=3, epochs=2) + 'recipes=({"lr": 0.02},),\n'
     experiment = write_experiment(tmp_path, body)
     out = tmp_path / "out"
     assert main([str(experiment), "--out", str(out)], on_epoch=fail_the_recipe_at_epoch_2) == 0

@@ -50,8 +50,9 @@ def imagenet_weights(arrays: data.ArrayData, tmp_path_factory: pytest.TempPathFa
         yield
 
 
-def run(hp: dict[str, Any], arrays: data.ArrayData, epochs: int = EPOCHS, **kwargs: Any) -> dict[str, Any]:
-    """`fit` on the CPU, with what it reported, the module it trained and how many images its
+def run(hp: dict[str, Any], arrays: data.ArrayData, epochs: int = EPOCHS, device: torch.device = CPU,
+        **kwargs: Any) -> dict[str, Any]:
+    """`fit` on `device`, with what it reported, the module it trained and how many images its
     Inception backbone saw."""
     result = {"metrics": [], "states": [], "trained": [], "backbone_images": 0}
 
@@ -65,7 +66,7 @@ def run(hp: dict[str, Any], arrays: data.ArrayData, epochs: int = EPOCHS, **kwar
 
     hook = torch.nn.modules.module.register_module_forward_hook(count)
     try:
-        result["model"] = fit(hp, arrays, epochs, report, device=CPU,
+        result["model"] = fit(hp, arrays, epochs, report, device=device,
                               prepare_model=lambda m: result["trained"].append(m) or m, **kwargs)
     finally:
         hook.remove()
