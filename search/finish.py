@@ -24,6 +24,7 @@ from search.spec import Experiment
 from search.storage import Output, load_state
 from trainables.data import ArrayData
 from trainables.loop import default_device, predict_logits
+from trainables.state import restore_model
 
 
 def _trial_id_and_number(result: tune.Result) -> tuple[str, int]:
@@ -123,12 +124,14 @@ def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment,
     metrics = {k: float(best[k]) for k in ("val_acc", "val_loss", "train_acc", "train_loss")}
     metrics["epochs_run"] = int(best["epochs"])
     state = load_state(output, output.checkpoint(best["checkpoint_path"]), STATE_FILE)
-    model = export.build_model(arrays.classes, hp, state["model"])
+    # The checkpoint holds what training changed; the frozen backbone comes back from its weights file or seed.
+    model = restore_model(len(arrays.classes), hp, state)
     # test/ is used once, here, for the chosen model only: it never steers the search.
     predictions, test_loss = _evaluate_on_test(model, arrays)
     test_acc = float((predictions["true"] == predictions["predicted"]).mean())
     metrics.update(test_acc=test_acc, test_loss=test_loss)
-    export.export_best(output.local, state, arrays.classes, hp, metrics, best["trial_id"], experiment.image_size_px)
+    export.export_best(output.local, {"epoch": state["epoch"], "model": model.cpu().state_dict()}, arrays.classes,
+                       hp, metrics, best["trial_id"], experiment.image_size_px)
     shown = table.grid_indices(predictions)
     run = stored.StoredRun(
         run.facts, run.trials, run.history, predictions=predictions, grid=(shown, arrays.test.images[shown]),

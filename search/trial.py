@@ -65,6 +65,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     from search.reaper import register_placement_group
     from trainables.loop import fit
+    from trainables.state import save_checkpoint
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -93,7 +94,7 @@ def train_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(run_state, os.path.join(folder, STATE_FILE))
+            save_checkpoint(run_state, os.path.join(folder, STATE_FILE))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                              checkpoint_dir_name=f"epoch-{metrics['epoch']:04d}")
 

@@ -19,8 +19,9 @@ from torch import nn
 from trainables.augment import augment
 from trainables.data import ArrayData, Split
 from trainables.hparams import HParams
-from trainables.models import BackboneClassifier, create_model
+from trainables.models import BackboneClassifier
 from trainables.optimizers import create_optimizer
+from trainables.state import build_model, checkpoint, frozen_sha256
 
 # ImageNet statistics: what torchvision's Inception weights expect; used for every arch so
 # one `preprocess` in meta.json describes any exported model.
@@ -28,7 +29,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 EVAL_BATCH = 128
 
-# report(metrics, state): metrics of the epoch just finished; state restores the run.
+# report(metrics, state): metrics of the epoch just finished; state (`trainables.state.checkpoint`) resumes the run.
 ReportFn = Callable[[dict[str, float], dict[str, Any]], None]
 
 
@@ -157,14 +158,16 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m, feature_cache: bool = True) -> nn.Module:
     """Train `hp.arch` on `data.train`, validate on `data.val`, report every epoch.
 
-    `state` (a previous report's) resumes after its epoch. `prepare_model` lets Ray Train
-    move and wrap the model (DDP); with several workers each trains on its shard of the data.
+    `state` (a previous report's checkpoint, see `trainables.state`) resumes after its epoch.
+    `prepare_model` lets Ray Train move and wrap the model (DDP); with several workers each
+    trains on its shard of the data.
     A frozen backbone's features are computed once (`cache_features`) and only the head is
     trained and prepared; `feature_cache=False` runs the backbone every epoch instead.
     """
     device = device or default_device()
-    torch.manual_seed(seed)
-    model = create_model(len(data.classes), hp).to(device)
+    model = build_model(len(data.classes), hp, seed, state)
+    frozen = frozen_sha256(model)  # once: what every checkpoint leaves out never changes
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
@@ -172,7 +175,6 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
                                  hp.lr, hp.momentum)
     first_epoch, train_time_s = 1, 0.0
     if state is not None:
-        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, train_time_s = state["epoch"] + 1, state["train_time_s"]
     started = time.perf_counter()
@@ -219,6 +221,5 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         train_time_s += time.perf_counter() - started
         metrics = {"epoch": epoch, "train_images": int(seen), "train_loss": loss_sum / seen,
                    "train_acc": correct / seen, "val_loss": val_loss, "val_acc": val_acc, "train_time_s": train_time_s}
-        report(metrics, {"epoch": epoch, "train_time_s": train_time_s,
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        report(metrics, checkpoint(model, optimizer, frozen, epoch=epoch, train_time_s=train_time_s, seed=seed))
     return model

@@ -76,7 +76,9 @@ def meta_sha256(meta: dict[str, Any]) -> str:
 
 def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: HParams,
                 metrics: dict[str, Any], trial_id: str, image_size_px: int) -> Path:
-    """Write `out/best/` from a trial's saved state; replaces an earlier export atomically.
+    """Write `out/best/` from `state`: the whole model's state dict ("model", every weight, as
+    `trainables.state.restore_model` rebuilds it from a checkpoint) and its "epoch"; replaces an
+    earlier export atomically.
 
     model.pt always lands; model.onnx only when the model exports, else meta.json's "onnx"
     says why.

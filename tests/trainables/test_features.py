@@ -14,7 +14,9 @@ from torchvision.models import Inception3
 
 from tests.trainables.test_loop import HP
 from trainables import data
+from trainables.hparams import HParams
 from trainables.loop import fit, normalize, to_input
+from trainables.state import TRAINABLE, restore_model, tensor_bytes
 
 CPU = torch.device("cpu")
 FROZEN = HP.replace(arch="inception_frozen", weights="imagenet", dropout=0.2, head_units=32)
@@ -74,7 +76,7 @@ def run(hp: dict[str, Any], arrays: data.ArrayData, epochs: int = EPOCHS, device
 
 
 def head_state(result: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in result["states"][-1]["model"].items() if k.startswith("head.")}
+    return {k: v for k, v in result["states"][-1][TRAINABLE].items() if k.startswith("head.")}
 
 
 def assert_same_metrics(a: list[dict], b: list[dict], tolerance: float) -> None:
@@ -95,8 +97,9 @@ def test_cached_features_give_what_running_the_backbone_every_epoch_gives(arrays
     assert cached["metrics"][-1]["train_loss"] < cached["metrics"][0]["train_loss"]  # the head did learn
     for key, value in head_state(plain).items():
         assert torch.allclose(head_state(cached)[key], value, atol=1e-6), key
-    # The checkpoint is still the whole model: export and resume need the backbone too.
-    assert cached["states"][-1]["model"].keys() == plain["model"].state_dict().keys()
+    # The checkpoint holds the head alone: the frozen backbone comes back from the weights file.
+    head_keys = [k for k in plain["model"].state_dict() if k.startswith("head.")]
+    assert list(cached["states"][-1][TRAINABLE]) == list(plain["states"][-1][TRAINABLE]) == head_keys
     assert cached["model"].training is False
 
 
@@ -110,6 +113,29 @@ def test_resuming_with_cached_features_repeats_the_uninterrupted_run(arrays: dat
     assert_same_metrics(resumed["metrics"], whole["metrics"][-1:], 1e-6)
     for key, value in head_state(whole).items():
         assert torch.allclose(head_state(resumed)[key], value, atol=1e-7), key
+
+
+@pytest.mark.parametrize("hp", [
+    FROZEN,
+    pytest.param(FROZEN.replace(arch="inception_partial", unfrozen_blocks=1), marks=pytest.mark.slow),
+    pytest.param(FROZEN.replace(weights="none"), marks=pytest.mark.slow),  # batch norm moves, weights from the seed
+], ids=["frozen", "partial", "random-frozen"])
+def test_a_slim_checkpoint_resumes_exactly_and_rebuilds_the_trained_model(
+        arrays: data.ArrayData, tmp_path: Path, hp: HParams) -> None:
+    epochs = 2
+    whole = run(hp, arrays, epochs=epochs)
+    torch.save(run(hp, arrays, epochs=1)["states"][-1], tmp_path / "state.pt")
+    # What training changes, nothing more: for a frozen backbone its head and the head's optimizer state.
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert (tmp_path / "state.pt").stat().st_size <= 1.1 * tensor_bytes(saved)
+    resumed = run(hp, arrays, epochs=epochs, state=saved)
+    assert_same_metrics(resumed["metrics"], whole["metrics"][-1:], 1e-6)
+    for key, value in whole["states"][-1][TRAINABLE].items():
+        assert torch.allclose(resumed["states"][-1][TRAINABLE][key], value, atol=1e-7), key
+    # The export's model: rebuilt from the last checkpoint, it is the trained one, weight for weight.
+    rebuilt = restore_model(len(arrays.classes), hp, whole["states"][-1]).state_dict()
+    for key, value in whole["model"].state_dict().items():
+        assert torch.equal(rebuilt[key], value), key
 
 
 @pytest.mark.parametrize("change", [
