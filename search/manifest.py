@@ -128,5 +128,9 @@ def write(out: Path, experiment: Experiment, data_sha: str, state: State) -> Non
     manifest = {"experiment": _fingerprinted(experiment), "data": data_sha, "code": code_version(),
                 "state": state, "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
     tmp = out / f".{MANIFEST_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half of it
+        raise
     os.replace(tmp, out / MANIFEST_FILE)

@@ -1,12 +1,14 @@
 """`python -m search.run EXPERIMENT [options]`: run a hyperparameter search end to end.
 
 experiment file -> spec -> data cache -> Ray Tune search -> report table -> best/ export.
-A user error (bad field, missing folder, missing weights) is one line on stderr, exit 2.
+A user error (bad field, missing folder, missing weights) is one line on stderr, exit 2; a full
+disk (or a spent quota) is one line naming where and how much more the search needs, exit 74.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -15,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from search import manifest
+from search import disk, manifest
 from search.data.leakage import find_leakage
 from search.data.report import data_report, leakage_warning
 from search.domains import parse_size
@@ -29,6 +31,7 @@ from trainables import data
 from trainables.archs import WeightsUnavailable
 
 EXIT_USAGE = 2
+EXIT_DISK_FULL = 74  # sysexits.h's EX_IOERR
 USER_ERRORS = (SpecError, data.DataError, WeightsUnavailable)
 SMOKE_SIZE_PX = 96
 
@@ -148,8 +151,9 @@ def _prepare(experiment: Experiment, args: argparse.Namespace, output: Output) -
     if not args.check:
         _check_weights(experiment)
     started = time.perf_counter()
-    cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed,
-                         _cache_dir(args))
+    with disk.writing(_cache_dir(args)):
+        cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed,
+                             _cache_dir(args))
     count, freed_bytes = data.evict(cache.path, cache_max_bytes)
     if count:
         print(f"Freed {count} least recently used decoded caches ({freed_bytes / 1e6:.1f} MB) in {cache.path.parent} "
@@ -159,7 +163,8 @@ def _prepare(experiment: Experiment, args: argparse.Namespace, output: Output) -
     print(data.summary(arrays, folder) + f"\n  ({how} {cache.path} in {time.perf_counter() - started:.1f} s)",
           flush=True)
     leaks = find_leakage(arrays)
-    data_report(arrays, leaks, folder).to_csv(output.local / DATA_REPORT_FILE, index=False)
+    with disk.writing(output.display(DATA_REPORT_FILE), partial_in=output.local):
+        data_report(arrays, leaks, folder).to_csv(output.local / DATA_REPORT_FILE, index=False)
     if leaks:
         print(leakage_warning(leaks), flush=True)
     data_sha = manifest.data_fingerprint(arrays)
@@ -172,8 +177,9 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
             data_sha: str, on_epoch: EpochHook | None) -> int:
     """The search on Ray, then the report and the export; returns the exit code."""
     out = output.local
-    manifest.write(out, experiment, data_sha, "running")
-    (out / EXPERIMENT_FILE).write_text(repr(experiment) + "\n")
+    with disk.writing(output.display(), partial_in=out):
+        manifest.write(out, experiment, data_sha, "running")
+        (out / EXPERIMENT_FILE).write_text(repr(experiment) + "\n")
     output.upload()
     # Ray, Tune and torch's training stack load only once the inputs are known to be good.
     from search import tuning
@@ -189,18 +195,30 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
           flush=True)
     started = time.perf_counter()
     with GracefulStop() as stop:
-        grid = tuning.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch)
+        grid, disk_full = tuning.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch)
     search_wall_s = time.perf_counter() - started
-    interrupted = stop.signum is not None
+    interrupted = stop.signum is not None or disk_full is not None
     if not interrupted:
         tuning.end_unfinished_trials(experiment, output)
-    summary = finish(grid, experiment, arrays, output,
-                     finished=tuning.finished_trial_ids(experiment, output) if interrupted else None,
-                     concurrency=the_plan.concurrency, search_wall_s=search_wall_s)
-    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    manifest.write(out, experiment, data_sha, "interrupted" if interrupted else "finished")
-    output.upload()
+    report_error = None
+    try:
+        with disk.writing(output.display(), partial_in=out):
+            summary = finish(grid, experiment, arrays, output,
+                             finished=tuning.finished_trial_ids(experiment, output) if interrupted else None,
+                             concurrency=the_plan.concurrency, search_wall_s=search_wall_s)
+            summary["wall_time_s"] = round(time.perf_counter() - started, 1)
+            (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+            manifest.write(out, experiment, data_sha, "interrupted" if interrupted else "finished")
+        output.upload()
+    except disk.DiskFull as err:
+        report_error = err
+        with contextlib.suppress(OSError):  # a few bytes: they may fit where the report did not
+            manifest.write(out, experiment, data_sha, "interrupted")
+    if disk_full or report_error:
+        line = disk.stopped_message(disk_full or report_error, report_error, experiment, output,
+                                    resume_command(args.argv))
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        return EXIT_DISK_FULL
     if interrupted:
         print(f"Interrupted: the search is saved; continue it with: {resume_command(args.argv)}",
               file=sys.stderr, flush=True)
@@ -223,9 +241,12 @@ def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) ->
         if note:
             print(note, flush=True)
         output = open_output(args.out or str(Path("results") / experiment.name), _cache_dir(args))
-        with manifest.hold(output.local, output.display()):
+        with disk.writing(output.display()), manifest.hold(output.local, output.display()):
             _refuse_or_fetch(output, args)
             arrays, data_sha = _prepare(experiment, args, output)
+            low_space = None if output.remote else disk.low_space_warning(experiment, output.local)
+            if low_space:
+                print(low_space, file=sys.stderr, flush=True)
             if args.check:
                 output.upload()
                 return 0
@@ -233,6 +254,9 @@ def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) ->
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except disk.DiskFull as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DISK_FULL
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the search could stop cleanly
         print("Interrupted.", file=sys.stderr)
         return 130

@@ -8,6 +8,8 @@ at once. A search killed in between resumes with Tune a little behind the study:
   nothing more is reported for it;
 - a trial the study handed out after Tune's last save is unknown to Tune, which will ask
   for a new one: it gets that trial back, so the study holds exactly the search's trials.
+A trial whose checkpoint found the disk full did not fail, the disk did: the study keeps it
+running, so a --resume once there is room continues it from its last checkpoint.
 The study is also reopened from the OUT being resumed, not the path it was pickled with,
 so a search folder can be moved, copied or resumed on another machine.
 """
@@ -19,10 +21,12 @@ import pickle
 from typing import Any
 
 import optuna
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from search.disk import full_reason
 from search.reaper import KV_NAMESPACE
-from search.trial import finished_marker
+from search.trial import finished_marker, full_disk_marker
 
 logger = logging.getLogger(__name__)
 _study_url: str | None = None
@@ -106,6 +110,24 @@ class StudySearch(OptunaSearch):
             self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
         except optuna.exceptions.UpdateFinishedTrialError:
             self._completed_trials.add(trial_id)  # finished in the study: its outcome stands
+        except Exception as err:  # a full disk under optuna.db: TPE learns from final values, not these
+            if full_reason(err) is None:
+                raise
+            logger.warning("trial %s: epoch %s not recorded in the study (%s)", trial_id, result["epoch"], err)
+
+
+class StudyLimiter(ConcurrencyLimiter):
+    """Tune's limit on trials at once, around a `StudySearch`, where a trial whose checkpoint found
+    the disk full is neither told to the study nor forgotten: it stays running and live, so a
+    --resume continues it (Tune's own limiter would drop the completion of a resumed errored trial)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        from ray.experimental import internal_kv
+
+        if error and internal_kv._internal_kv_exists(full_disk_marker(self.searcher._study_name, trial_id),
+                                                     namespace=KV_NAMESPACE):
+            return
+        super().on_trial_complete(trial_id, result, error)
 
 
 def finished_trials(study_url: str, study_name: str) -> set[str]:

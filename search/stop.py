@@ -46,4 +46,10 @@ class GracefulStop:
             raise KeyboardInterrupt
         print(f"\n{signal.Signals(signum).name}: stopping the search after the current step and saving its "
               "state (send it again to stop at once) ...", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGUSR1)
+        ask_tune_to_stop()
+
+
+def ask_tune_to_stop() -> None:
+    """Ask the Tune run in this process to stop after its current step and save its state, as
+    an interruption: trials not done stay unfinished (Tune's SIGUSR1)."""
+    os.kill(os.getpid(), signal.SIGUSR1)

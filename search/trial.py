@@ -9,7 +9,9 @@ checkpoint when Ray restarts the job. Rank 0's metrics reach Tune through
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,6 +24,10 @@ from search.space import hparams
 from trainables.hparams import HParams
 
 BEST_STATE_KEY = "best_objective"
+KEEP_CHECKPOINTS = 2  # the best ones by the objective; Ray Train keeps the latest besides
+# Ray Train's record of a run's registered checkpoints, in the run's folder (Ray 2.60).
+CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
+CHECKPOINT_PREFIX = "epoch-"  # a checkpoint's folder: epoch-0001, ...
 # Called in the worker after every epoch, before its report: a test hands one in to make a
 # trial fail at a chosen moment (the service itself passes none).
 EpochHook = Callable[[HParams, dict[str, float]], None]
@@ -47,14 +53,59 @@ class TrialSettings:
     objective: str
     mode: str
     study_name: str
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = KEEP_CHECKPOINTS
     max_failures: int = 2
     on_epoch: EpochHook | None = None
+
+
+def train_run_name(trial_id: str) -> str:
+    """The folder of a trial's checkpoints under OUT/train: a fixed name, so a restored trial finds them."""
+    return f"train-{trial_id}"
+
+
+def remove_unregistered_checkpoints(train_dir: Path) -> list[Path]:
+    """Remove the checkpoint folders Ray Train never registered (a write cut short by a full disk,
+    or a kill between the write and its report); returns them. A run whose record of checkpoints
+    is itself unreadable keeps all of its folders: which of them count is unknown."""
+    removed = []
+    for run in sorted(train_dir.glob(train_run_name("*"))):
+        try:
+            snapshot = json.loads((run / CHECKPOINT_SNAPSHOT).read_text())
+            results = [*snapshot["checkpoint_results"], snapshot.get("latest_checkpoint_result") or {}]
+            registered = {result.get("checkpoint_dir_name") for result in results}
+        except FileNotFoundError:
+            registered = set()  # Train writes it with the first checkpoint it registers
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        for folder in sorted(run.glob(f"{CHECKPOINT_PREFIX}*")):
+            if folder.name not in registered:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
 
 
 def finished_marker(study_name: str, trial_id: str) -> str:
     """The GCS key that says: the study finished this trial before the search was resumed."""
     return f"finished-before-resume/{study_name}/{trial_id}"
+
+
+def full_disk_marker(study_name: str, trial_id: str) -> str:
+    """The GCS key that says: this trial's checkpoint found the disk full. Its value is the
+    system's words for it and, when the failed write was the worker's own temporary copy, where."""
+    return f"disk-full/{study_name}/{trial_id}"
+
+
+def _mark_if_full_disk(error: Exception, where: str, study_name: str, trial_id: str) -> None:
+    """Tell the driver that this trial did not fail, the disk did (see `full_disk_marker`)."""
+    from ray.experimental import internal_kv
+
+    from search.disk import full_reason
+    from search.reaper import KV_NAMESPACE
+
+    reason = full_reason(error)
+    if reason:
+        internal_kv._internal_kv_put(full_disk_marker(study_name, trial_id), f"{reason}\n{where}".encode(),
+                                     namespace=KV_NAMESPACE)
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -94,9 +145,15 @@ def train_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(run_state, os.path.join(folder, STATE_FILE))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                             checkpoint_dir_name=f"epoch-{metrics['epoch']:04d}")
+            where = folder  # what a failed write was writing: the worker's own copy, then the one in OUT/train
+            try:
+                save_checkpoint(run_state, os.path.join(folder, STATE_FILE))
+                where = ""
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                                 checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{metrics['epoch']:04d}")
+            except Exception as err:
+                _mark_if_full_disk(err, where, config["study_name"], config["trial_id"])
+                raise
 
     fit(config["hparams"], data, config["max_epochs"], report, state=state,
         device=ray.train.torch.get_device(), seed=config["seed"], rank=rank, world_size=world_size,
@@ -115,6 +172,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     trial_id = tune.get_context().get_trial_id()
     if internal_kv._internal_kv_exists(finished_marker(settings.study_name, trial_id), namespace=KV_NAMESPACE):
         return  # its outcome is in the study already (search/searcher.py): nothing to run or report
+    internal_kv._internal_kv_del(full_disk_marker(settings.study_name, trial_id), namespace=KV_NAMESPACE)
     # Not asdict(): it would deep-copy the data's ObjectRef.
     loop_config = {**{f.name: getattr(settings, f.name) for f in fields(settings)},
                    "hparams": hparams(config, settings.weights), "trial_started_at": time.time(), "trial_id": trial_id}
@@ -127,8 +185,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         scaling_config=train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0,
                                            resources_per_worker=resources),
         run_config=train.RunConfig(
-            # A fixed name per trial, so a restored trial finds its own checkpoints.
-            name=f"train-{trial_id}",
+            name=train_run_name(trial_id),
             storage_path=settings.storage_path,
             callbacks=[TuneReportCallback()],
             checkpoint_config=train.CheckpointConfig(

@@ -6,6 +6,7 @@ experiment going in and a `ResultGrid` coming out.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -17,13 +18,23 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from search.disk import DiskFull, text_reason
 from search.files import STUDY_FILE, TRAIN_DIR, TUNE_DIR
-from search.reaper import PlacementGroupReaper
-from search.searcher import StudySearch, bind, end_unfinished, finished_trials
+from search.reaper import KV_NAMESPACE, PlacementGroupReaper
+from search.searcher import StudyLimiter, StudySearch, bind, end_unfinished, finished_trials
 from search.space import recipe_points, space_function
 from search.spec import Experiment, SpecError
+from search.stop import ask_tune_to_stop
 from search.storage import Output
-from search.trial import EpochHook, TrialSettings, best_metric, run_trial
+from search.trial import (
+    EpochHook,
+    TrialSettings,
+    best_metric,
+    full_disk_marker,
+    remove_unregistered_checkpoints,
+    run_trial,
+    train_run_name,
+)
 from trainables.data import ArrayData
 
 if TYPE_CHECKING:
@@ -35,12 +46,14 @@ DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
 
 
 class _WithoutTunesResumeHint(logging.Filter):
-    """Tune's own messages on an interrupted run name its Python API (`Tuner.restore(...)`);
-    `search.run` prints the command a user types instead."""
+    """Tune's own messages on an interrupted run name its Python API (`Tuner.restore(...)`) and
+    a Ctrl-C even when a full disk stopped it; `search.run` says what happened and prints the
+    command a user types instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return "Tuner.restore" not in message and "Trials did not complete" not in message
+        return not any(words in message for words in ("Tuner.restore", "Trials did not complete",
+                                                      "Stop signal received"))
 
 
 logging.getLogger("ray.tune.tune").addFilter(_WithoutTunesResumeHint())
@@ -150,7 +163,7 @@ def finished_trial_ids(experiment: Experiment, output: Output) -> set[str]:
     return finished_trials(study_url(output.local), experiment.name)
 
 
-def _searcher(experiment: Experiment, out: Path, concurrency: int) -> StudySearch:
+def _searcher(experiment: Experiment, out: Path, concurrency: int) -> StudyLimiter:
     import warnings
 
     import optuna
@@ -165,10 +178,11 @@ def _searcher(experiment: Experiment, out: Path, concurrency: int) -> StudySearc
         sampler = optuna.samplers.TPESampler(seed=experiment.seed, multivariate=True, group=True,
                                              n_startup_trials=max(2, min(10, experiment.budget.trials // 3)),
                                              constant_liar=concurrency > 1)
-    return StudySearch(space=space_function(experiment.space), metric=best_metric(experiment.objective),
-                        mode=experiment.mode, points_to_evaluate=recipe_points(experiment) or None,
-                        sampler=sampler, study_name=experiment.name,
-                        storage=new_study_storage(out, experiment.name))
+    search = StudySearch(space=space_function(experiment.space), metric=best_metric(experiment.objective),
+                         mode=experiment.mode, points_to_evaluate=recipe_points(experiment) or None,
+                         sampler=sampler, study_name=experiment.name,
+                         storage=new_study_storage(out, experiment.name))
+    return StudyLimiter(search, max_concurrent=concurrency)
 
 
 def _trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: Plan,
@@ -184,12 +198,59 @@ def _trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_pl
     return tune.with_resources(tune.with_parameters(run_trial, settings=settings), DRIVER_RESOURCES)
 
 
+class _StopWhenDiskFull(tune.Callback):
+    """A trial whose checkpoint found the disk full stops the search, as Ctrl-C does: the other
+    trials would only fail the same way, and the unfinished ones continue on --resume.
+
+    Once the trials have stopped, the checkpoints the full disk cut short are removed, and Tune's
+    files, which its copies into a full OUT may have cut short too, are written again from the
+    driver's own copy (the space freed is usually enough), so the results read whole files.
+    """
+
+    def __init__(self, experiment: Experiment, output: Output) -> None:
+        self.study_name, self.output = experiment.name, output
+        self.full: DiskFull | None = None
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from ray.experimental import internal_kv
+
+        marker = internal_kv._internal_kv_get(full_disk_marker(self.study_name, trial.trial_id),
+                                              namespace=KV_NAMESPACE)
+        if marker is not None:
+            reason, _, where = marker.decode().partition("\n")
+        else:  # the write that failed was not the worker's (Train's record of checkpoints, Tune's files)
+            error_file = Path(trial.error_file or "")  # the driver's copy: the one in OUT may be cut short
+            reason = text_reason(error_file.read_text(errors="replace")) if error_file.is_file() else None
+            where = ""
+        if reason and self.full is None:
+            self.full = DiskFull(where or self.output.display(TRAIN_DIR, train_run_name(trial.trial_id)), reason)
+            ask_tune_to_stop()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.full is None or not trials:
+            return
+        if not self.output.remote:
+            remove_unregistered_checkpoints(self.output.local / TRAIN_DIR)
+        storage = trials[0].storage
+        with contextlib.suppress(Exception):  # a copy of Tune's still running (which the full disk may fail)
+            storage.syncer.wait()
+        try:
+            storage.syncer.sync_up(storage.experiment_driver_staging_path, storage.experiment_fs_path)
+            storage.syncer.wait()
+        except Exception as err:
+            logging.getLogger(__name__).warning("Tune's files in %s may be incomplete: %s",
+                                                self.output.display(TUNE_DIR), err)
+            for trial in trials:  # an error's pickle cut short would stop the results from loading
+                trial.run_metadata.pickled_error_filename = None
+
+
 def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: Plan,
-           resume: bool = False, on_epoch: EpochHook | None = None) -> tune.ResultGrid:
+           resume: bool = False, on_epoch: EpochHook | None = None) -> tuple[tune.ResultGrid, DiskFull | None]:
     """Run (or, with `resume`, continue) the search; its Tune state lives in `OUT/tune`.
 
     Tune and Train write straight to `output` (a local folder or a URI every node can
-    reach); the Optuna study stays in the driver's local working folder.
+    reach); the Optuna study stays in the driver's local working folder. Returns the results,
+    and the full disk that stopped the search early, if one did.
     """
     trainable = _trainable(experiment, output, arrays, the_plan, on_epoch)
     tune_path = output.child(TUNE_DIR)
@@ -199,7 +260,7 @@ def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: 
     if resume and tune.Tuner.can_restore(tune_path):
         # resume_errored keeps the trial id (Optuna knows it); restart_errored would not.
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
+        return _fit(tuner, experiment, output)
     budget = experiment.budget
     scheduler = _ASHA(
         # After a restore Tune's own iteration count restarts at 1; the epoch does not.
@@ -208,9 +269,17 @@ def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: 
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=_searcher(experiment, output.local, the_plan.concurrency),
-                                    scheduler=scheduler, num_samples=budget.trials,
-                                    max_concurrent_trials=the_plan.concurrency),
+                                    scheduler=scheduler, num_samples=budget.trials),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=output.uri, callbacks=[PlacementGroupReaper()],
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=1),
     )
-    return tuner.fit()
+    return _fit(tuner, experiment, output)
+
+
+def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output) -> tuple[tune.ResultGrid, DiskFull | None]:
+    disk_full = _StopWhenDiskFull(experiment, output)
+    if tuner._local_tuner is not None:  # None under Ray Client, where the search runs on the cluster
+        # Added after the Tuner saved its settings (tuner.pkl), so never restored from them: on a
+        # --resume it must clean up the OUT the search is in now (Tuner.restore takes no callbacks).
+        tuner._local_tuner.get_run_config().callbacks.append(disk_full)
+    return tuner.fit(), disk_full.full

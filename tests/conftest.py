@@ -90,6 +90,53 @@ def tiny_experiment(folder: Path, data: Path, trials: int = 2, epochs: int = 2, 
     return write_experiment(folder, tiny_body(data, trials, epochs, cpus, workers, gpus))
 
 
+class SmallDisks:
+    """tmpfs filesystems of a chosen size, mounted in a test's folder: real disks that fill up."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.mounted = folder, []
+
+    def mount(self, size: str) -> Path:
+        """A new empty filesystem of `size` (mount's units: "8k", "100M"); skips the test where
+        mounting is not permitted (not root, a container without CAP_SYS_ADMIN)."""
+        import subprocess
+
+        target = self.folder / f"disk{len(self.mounted)}"
+        target.mkdir(parents=True)
+        try:
+            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
+                                  capture_output=True, text=True, timeout=30)
+        except FileNotFoundError:
+            pytest.skip("no mount command here: cannot make a small disk")
+        if proc.returncode != 0:
+            pytest.skip(f"mounting a tmpfs is not permitted here: {proc.stderr.strip()}")
+        self.mounted.append(target)
+        return target
+
+    def resize(self, target: Path, size: str) -> None:
+        """Grow (or shrink) a mounted one, its files kept: room made on a full disk."""
+        import subprocess
+
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(target)], check=True, timeout=30)
+
+    def unmount_all(self) -> None:
+        import subprocess
+
+        for target in reversed(self.mounted):
+            # lazy: a process that outlived its test (a Ray worker) must not keep it mounted
+            subprocess.run(["umount", "--lazy", str(target)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def small_disks(tmp_path: Path):
+    """Mount small tmpfs disks in tmp_path (`.mount("8k")`); all unmounted when the test ends."""
+    disks = SmallDisks(tmp_path / "disks")
+    try:
+        yield disks
+    finally:
+        disks.unmount_all()
+
+
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

@@ -197,14 +197,18 @@ def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp-{os.getpid()}.npz")
     paths = np.asarray(train_all.paths)
-    np.savez(tmp, classes=np.asarray(classes),
-             train_images=train_all.images[train_idx], train_labels=train_all.labels[train_idx],
-             train_paths=paths[train_idx] if len(paths) else paths,
-             val_images=train_all.images[val_idx], val_labels=train_all.labels[val_idx],
-             val_paths=paths[val_idx] if len(paths) else paths,
-             test_images=test.images, test_labels=test.labels, test_paths=np.asarray(test.paths),
-             skipped=np.asarray(skipped, dtype=str).reshape(-1, 2),
-             ignored=np.asarray(found.ignored, dtype=str).reshape(-1, 2))
+    try:
+        np.savez(tmp, classes=np.asarray(classes),
+                 train_images=train_all.images[train_idx], train_labels=train_all.labels[train_idx],
+                 train_paths=paths[train_idx] if len(paths) else paths,
+                 val_images=train_all.images[val_idx], val_labels=train_all.labels[val_idx],
+                 val_paths=paths[val_idx] if len(paths) else paths,
+                 test_images=test.images, test_labels=test.labels, test_paths=np.asarray(test.paths),
+                 skipped=np.asarray(skipped, dtype=str).reshape(-1, 2),
+                 ignored=np.asarray(found.ignored, dtype=str).reshape(-1, 2))
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk (or a Ctrl-C) leaves no half-written cache behind
+        raise
     os.replace(tmp, cache)  # atomic: a reader never sees a half-written cache
     return Prepared(cache, reused=False)
 

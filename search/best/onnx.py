@@ -46,6 +46,11 @@ def export_onnx(model: nn.Module, folder: Path, image_size_px: int) -> dict[str,
                 external_data=False, verbose=False, artifacts_dir=artifacts)
             program.save(target, external_data=False)
     except Exception as err:  # whatever the exporter raises, model.pt is complete and usable
+        from search.disk import full_reason
+
+        if full_reason(err):  # but a full disk is not the exporter's failure: the export as a whole fails
+            target.unlink(missing_ok=True)
+            raise
         with log.open("a") as file:
             file.write("\n" + "".join(traceback.format_exception(err)))
         target.unlink(missing_ok=True)

@@ -48,7 +48,8 @@ def trial_row(trial_id: str, trial_number: int, config: dict[str, Any], history:
     """
     row: dict[str, Any] = {name: math.nan for name in COLUMNS}
     row.update(trial_id=trial_id, trial_number=trial_number, recipe=recipe_index(config, points), epochs=0,
-               error=None if error is None else str(error).strip().splitlines()[-1][:500], checkpoint_path=None)
+               error=None if error is None else (str(error).strip().splitlines() or ["(no message)"])[-1][:500],
+               checkpoint_path=None)
     if history is not None and objective in history and history[objective].notna().any():
         # On ties the latest epoch wins: Ray Train keeps the latest checkpoint, not the first.
         best = history.dropna(subset=[objective]).sort_values(

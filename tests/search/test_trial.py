@@ -1,0 +1,31 @@
+"""The trial's checkpoint folders: what Ray Train registered stays, what it never did goes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from search.trial import CHECKPOINT_SNAPSHOT, remove_unregistered_checkpoints, train_run_name
+
+
+def checkpoints(run: Path, *epochs: int) -> None:
+    for epoch in epochs:
+        (run / f"epoch-{epoch:04d}").mkdir(parents=True)
+        (run / f"epoch-{epoch:04d}" / "state.pt").write_bytes(b"\0" * 100)
+
+
+def test_only_the_checkpoints_ray_train_never_registered_are_removed(tmp_path: Path) -> None:
+    registered, never, unreadable = (tmp_path / train_run_name(t) for t in ("aaaa", "bbbb", "cccc"))
+    checkpoints(registered, 1, 2, 3)  # epoch 3: cut short by a full disk, never registered
+    (registered / CHECKPOINT_SNAPSHOT).write_text(json.dumps({
+        "checkpoint_results": [{"checkpoint_dir_name": "epoch-0002"}],
+        "latest_checkpoint_result": {"checkpoint_dir_name": "epoch-0001"}}))
+    checkpoints(never, 1)  # its first checkpoint failed: Train wrote no record
+    checkpoints(unreadable, 1, 2)
+    (unreadable / CHECKPOINT_SNAPSHOT).write_text('{"checkpoint_res')  # the record cut short itself: keep all
+    removed = remove_unregistered_checkpoints(tmp_path)
+    assert removed == [registered / "epoch-0003", never / "epoch-0001"]
+    assert sorted(p.name for p in registered.iterdir()) == [CHECKPOINT_SNAPSHOT, "epoch-0001", "epoch-0002"]
+    assert list(never.iterdir()) == []
+    assert sorted(p.name for p in unreadable.glob("epoch-*")) == ["epoch-0001", "epoch-0002"]
+    assert remove_unregistered_checkpoints(tmp_path / "missing") == []
