@@ -166,6 +166,26 @@ def parse_size(field: str, text: str) -> int:
     return int(float(match[1]) * SIZE_UNITS[(match[2] or "").lower()])
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(field: str, value: str | float) -> float:
+    """Seconds in a duration such as `90s`, `10m`, `2h`, `1h30m`, `1.5h` or a number of seconds;
+    a `SpecError` naming `field` otherwise (and for zero or less)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        parts = re.findall(r"(\d+(?:\.\d*)?)\s*([smhd]?)", text)
+        joined = "".join(f"{n}{u}" for n, u in parts)
+        if not parts or joined != re.sub(r"\s+", "", text) or (len(parts) > 1 and not all(u for _, u in parts)):
+            raise SpecError(field, value, "a duration such as 90s, 10m, 2h or 1h30m (or a number of seconds)")
+        seconds = sum(float(n) * DURATION_UNITS[u or "s"] for n, u in parts)
+    if not seconds > 0:
+        raise SpecError(field, value, "a duration above zero, such as 90s, 10m or 2h")
+    return seconds
+
+
 def spec_class(cls: type) -> type:
     """Make `cls` a frozen keyword-only dataclass whose constructor checks names and types.
 

@@ -53,21 +53,28 @@ def _epochs(result: tune.Result) -> pd.DataFrame | None:
     return merged.sort_values("epoch", kind="stable").reset_index(drop=True)
 
 
-def records(grid: tune.ResultGrid, finished: set[str] | None = None) -> tuple[list[stored.TrialRecord], pd.DataFrame]:
-    """Every trial of a search as stored for the report, and all their epochs. `finished`
-    (after an interruption): the trials that ended; the others are marked unfinished."""
-    trials, histories = [], {}
-    for result in grid:
-        trial_id, number = _trial_id_and_number(result)
-        trials.append(stored.TrialRecord(trial_id, number, dict(result.config or {}),
-                                         None if result.error is None else str(result.error),
-                                         unfinished=finished is not None and trial_id not in finished))
-        histories[trial_id] = _epochs(result)
+def records(grids: list[tune.ResultGrid], finished: set[str] | None = None,
+            budget_stopped: set[str] = frozenset()) -> tuple[list[stored.TrialRecord], pd.DataFrame]:
+    """Every trial of a search's rounds as stored for the report, and all their epochs, numbered
+    in the order they were created across rounds. `finished` (after an interruption): the trials
+    that ended; the others are marked unfinished. `budget_stopped`: those the time budget stopped."""
+    trials, histories, offset = [], {}, 0
+    for grid in grids:
+        numbers = []
+        for result in grid:
+            trial_id, number = _trial_id_and_number(result)
+            numbers.append(number)
+            trials.append(stored.TrialRecord(trial_id, offset + number, dict(result.config or {}),
+                                             None if result.error is None else str(result.error),
+                                             unfinished=finished is not None and trial_id not in finished,
+                                             budget_stopped=trial_id in budget_stopped))
+            histories[trial_id] = _epochs(result)
+        offset += max(numbers, default=0)
     return trials, stored.history_frame(histories)
 
 
 def facts(experiment: Experiment, classes: tuple[str, ...], concurrency: int = 0,
-          search_wall_s: float = 0.0) -> stored.SearchFacts:
+          search_wall_s: float = 0.0, ended_by: str | None = None) -> stored.SearchFacts:
     """What the report needs of the experiment (and of how the search ran)."""
     budget = experiment.budget
     return stored.SearchFacts(
@@ -75,7 +82,7 @@ def facts(experiment: Experiment, classes: tuple[str, ...], concurrency: int = 0
         trials=budget.trials, grace_period_epochs=budget.grace_period_epochs,
         reduction_factor=budget.reduction_factor, recipe_points=recipe_points(experiment), classes=list(classes),
         image_size_px=experiment.image_size_px, study_file=STUDY_FILE, concurrency=concurrency,
-        search_wall_s=round(search_wall_s, 2))
+        search_wall_s=round(search_wall_s, 2), ended_by=ended_by)
 
 
 def _evaluate_on_test(model: torch.nn.Module, arrays: ArrayData) -> tuple[pd.DataFrame, float]:
@@ -88,20 +95,23 @@ def _evaluate_on_test(model: torch.nn.Module, arrays: ArrayData) -> tuple[pd.Dat
     return table.predictions_frame(arrays.test.paths, arrays.test.labels, probabilities, arrays.classes), loss
 
 
-def finish(grid: tune.ResultGrid, experiment: Experiment, arrays: ArrayData, output: Output,
-           finished: set[str] | None = None, concurrency: int = 0, search_wall_s: float = 0.0) -> dict[str, Any]:
+def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayData, output: Output,
+           finished: set[str] | None = None, concurrency: int = 0, search_wall_s: float = 0.0,
+           ended_by: str | None = None, budget_stopped: set[str] = frozenset()) -> dict[str, Any]:
     """Write the report, export the best model, evaluate it once on test/; returns a summary.
 
     Files go to the local working folder of `output` (the caller uploads them).
     """
     out = output.local
-    trials, history = records(grid, finished)
-    run = stored.StoredRun(facts(experiment, arrays.classes, concurrency, search_wall_s), trials, history)
+    trials, history = records(grids, finished, budget_stopped)
+    run = stored.StoredRun(facts(experiment, arrays.classes, concurrency, search_wall_s, ended_by), trials, history)
     frame = table.trial_table(trials, history, run.facts)
     table.save(frame, out)  # the table first: it survives whatever fails below
     print("\n" + table.render(frame), flush=True)
     summary: dict[str, Any] = {"trials": len(frame), "status": frame["status"].value_counts().to_dict(),
                                "time": table.time_split(frame, run.facts)}
+    if ended_by:
+        summary["ended_by"] = ended_by
     usable = frame[(frame["status"] != "error") & frame["checkpoint_path"].notna()]
     if usable.empty:
         print("No trial produced a model: see the error column of report.csv.", flush=True)

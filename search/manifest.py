@@ -33,7 +33,8 @@ from trainables.data import CACHE_VERSION, ArrayData
 
 State = Literal["running", "finished", "interrupted", "failed"]
 # What may differ between a search and its --resume: none changes what a trial computes.
-MAY_CHANGE = {"data", "generate", "concurrency", "resources", "budget.trials"}
+MAY_CHANGE = {"data", "generate", "concurrency", "resources", "budget.trials", "budget.time",
+              "budget.stop_when_stalled"}
 
 
 @contextmanager
@@ -123,10 +124,21 @@ def check_resume(manifest: dict[str, Any] | None, experiment: Experiment, data_s
                         "give another --out for a new search")
 
 
-def write(out: Path, experiment: Experiment, data_sha: str, state: State) -> None:
-    """Record (atomically) what OUT holds and where the search stands."""
+def spent_seconds(out: Path) -> float:
+    """Seconds of search the runs of OUT's search spent so far (a run killed outright adds none)."""
+    try:
+        return float((read(out) or {}).get("search_s", 0.0))
+    except SpecError:
+        return 0.0
+
+
+def write(out: Path, experiment: Experiment, data_sha: str, state: State, spent_s: float | None = None) -> None:
+    """Record (atomically) what OUT holds, where the search stands and the search time it has
+    spent (`spent_s`; kept from the earlier record when not given)."""
+    if spent_s is None:
+        spent_s = spent_seconds(out)
     manifest = {"experiment": _fingerprinted(experiment), "data": data_sha, "code": code_version(),
-                "state": state, "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "state": state, "search_s": round(spent_s, 1), "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
     tmp = out / f".{MANIFEST_FILE}.tmp-{os.getpid()}"
     try:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -20,7 +20,7 @@ from pathlib import Path
 from search import disk, manifest
 from search.data.leakage import find_leakage
 from search.data.report import data_report, leakage_warning
-from search.domains import parse_size
+from search.domains import parse_duration, parse_size
 from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMARY_FILE, TUNE_DIR
 from search.space import without_random_frozen_backbones
 from search.spec import Experiment, SpecError, load_experiment, replace
@@ -48,7 +48,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="experiment name (default: the file's)")
     parser.add_argument("--address",
                         help="Ray cluster to join: auto, host:port or ray://... (default: start a local one)")
-    parser.add_argument("--resume", action="store_true", help="continue the search stored in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the search stored in --out; with --trials above the trials it ran, extend it")
+    parser.add_argument("--time-budget", metavar="DURATION",
+                        help="end the search after this long (90s, 30m, 2h): no new trial starts, running ones stop "
+                             "after their epoch; overrides the experiment's Budget(time=...)")
+    parser.add_argument("--stop-when-stalled", type=int, metavar="N",
+                        help="end the search once N finished trials in a row brought no better value")
+    parser.add_argument("--warm-start", metavar="OTHER_OUT",
+                        help="tell the new search's TPE the completed trials of an earlier search folder first")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny budget (2 trials, 1 epoch, small images, one 1-CPU worker): checks the setup")
     parser.add_argument("--check", action="store_true",
@@ -80,6 +88,10 @@ def apply_overrides(experiment: Experiment, args: argparse.Namespace) -> Experim
         budget["trials"] = args.trials
     if args.max_epochs is not None:
         budget["max_epochs"] = args.max_epochs
+    if args.time_budget is not None:
+        budget["time"] = parse_duration("--time-budget", args.time_budget)
+    if args.stop_when_stalled is not None:
+        budget["stop_when_stalled"] = args.stop_when_stalled
     budget["grace_period_epochs"] = min(budget["grace_period_epochs"], max(1, budget["max_epochs"]))
     changes["budget"] = type(experiment.budget)(**budget)
     return replace(experiment, **changes)
@@ -105,6 +117,10 @@ def check_folders(args: argparse.Namespace) -> None:
 def _refuse_or_fetch(output: Output, args: argparse.Namespace) -> None:
     """Refuse an OUT that holds a search unless --resume (or --check) is given; on --resume,
     fetch the driver's files of the run being resumed."""
+    if args.warm_start and args.resume:
+        raise SpecError("--warm-start", args.warm_start, "a new search's option: a resumed search has its trials")
+    if args.warm_start and not Path(args.warm_start).expanduser().is_dir():
+        raise SpecError("--warm-start", args.warm_start, "the folder of an earlier search (its --out)")
     if (output.exists(TUNE_DIR) or output.exists(MANIFEST_FILE)) and not (args.resume or args.check):
         raise SpecError("--out", output.display(), "holds an earlier search: add --resume to continue it, "
                         "or give another --out (nothing is overwritten)")
@@ -182,7 +198,7 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
         (out / EXPERIMENT_FILE).write_text(repr(experiment) + "\n")
     output.upload()
     # Ray, Tune and torch's training stack load only once the inputs are known to be good.
-    from search import tuning
+    from search import rounds, tuning
     from search.cluster import start_ray
     from search.finish import finish
 
@@ -194,26 +210,34 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
           f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {output.display()}",
           flush=True)
     started = time.perf_counter()
+    spent_s = manifest.spent_seconds(out) if args.resume else 0.0
     with GracefulStop() as stop:
-        grid, disk_full = tuning.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch)
+        outcome = rounds.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch,
+                                stopped=lambda: stop.signum is not None, spent_s=spent_s,
+                                warm_start=Path(args.warm_start).expanduser() if args.warm_start else None)
     search_wall_s = time.perf_counter() - started
+    disk_full = outcome.disk_full
     interrupted = stop.signum is not None or disk_full is not None
+    if outcome.ended_by:
+        print(f"Search ended early: {outcome.ended_by}", flush=True)
     if not interrupted:
         tuning.end_unfinished_trials(experiment, output)
     report_error = None
     try:
         with disk.writing(output.display(), partial_in=out):
-            summary = finish(grid, experiment, arrays, output,
+            summary = finish(outcome.grids, experiment, arrays, output,
                              finished=tuning.finished_trial_ids(experiment, output) if interrupted else None,
-                             concurrency=the_plan.concurrency, search_wall_s=search_wall_s)
+                             concurrency=the_plan.concurrency, search_wall_s=search_wall_s,
+                             ended_by=outcome.ended_by, budget_stopped=outcome.budget_stopped)
             summary["wall_time_s"] = round(time.perf_counter() - started, 1)
             (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-            manifest.write(out, experiment, data_sha, "interrupted" if interrupted else "finished")
+            manifest.write(out, experiment, data_sha, "interrupted" if interrupted else "finished",
+                           spent_s=spent_s + search_wall_s)
         output.upload()
     except disk.DiskFull as err:
         report_error = err
         with contextlib.suppress(OSError):  # a few bytes: they may fit where the report did not
-            manifest.write(out, experiment, data_sha, "interrupted")
+            manifest.write(out, experiment, data_sha, "interrupted", spent_s=spent_s + search_wall_s)
     if disk_full or report_error:
         line = disk.stopped_message(disk_full or report_error, report_error, experiment, output,
                                     resume_command(args.argv))

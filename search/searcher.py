@@ -11,7 +11,10 @@ at once. A search killed in between resumes with Tune a little behind the study:
 A trial whose checkpoint found the disk full did not fail, the disk did: the study keeps it
 running, so a --resume once there is room continues it from its last checkpoint.
 The study is also reopened from the OUT being resumed, not the path it was pickled with,
-so a search folder can be moved, copied or resumed on another machine.
+so a search folder can be moved, copied or resumed on another machine. Several Tune runs
+(rounds: a finished search extended with more trials) share one study; so does a study
+warm-started with another search's trials (`warm_start`), which are told to it, not run.
+Once the search's `EndRule` says so (a time budget, a stalled objective), no trial starts.
 """
 
 from __future__ import annotations
@@ -21,22 +24,36 @@ import pickle
 from typing import Any
 
 import optuna
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.disk import full_reason
+from search.ending import EndRule
 from search.reaper import KV_NAMESPACE
 from search.trial import finished_marker, full_disk_marker
 
 logger = logging.getLogger(__name__)
 _study_url: str | None = None
+_end_rule: EndRule | None = None
 TUNE_TRIAL_ID = "tune_trial_id"
 
 
-def bind(study_url: str) -> None:
-    """The study of the search about to be restored (its OUT may have moved since)."""
-    global _study_url
-    _study_url = study_url
+def bind(study_url: str, end_rule: EndRule | None = None) -> None:
+    """The study of the search about to run or be restored (its OUT may have moved since), and
+    the rule that ends it early (pickled searchers come back without it: it is this run's)."""
+    global _study_url, _end_rule
+    _study_url, _end_rule = study_url, end_rule
+
+
+def search_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials that this search ran (not those told to it by a warm start)."""
+    return [t for t in study.get_trials(deepcopy=False) if TUNE_TRIAL_ID in t.user_attrs]
+
+
+def finished_values(study: optuna.Study) -> list[float]:
+    """The objective of the search's completed trials, in the order they completed."""
+    done = [t for t in search_trials(study) if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    return [t.value for t in sorted(done, key=lambda t: (t.datetime_complete, t.number))]
 
 
 class StudySearch(OptunaSearch):
@@ -94,8 +111,12 @@ class StudySearch(OptunaSearch):
         self._orphans = [t._trial_id for t in stored.values()
                          if t.state == optuna.trial.TrialState.RUNNING and t._trial_id not in known]
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         orphans = getattr(self, "_orphans", [])
+        if trial_id not in self._ot_trials and not orphans and _end_rule is not None:
+            values = finished_values(self._ot_study) if _end_rule.stalled else []
+            if _end_rule.should_end(values):
+                return Searcher.FINISHED
         if trial_id not in self._ot_trials and orphans:
             # Its parameters are in the study already: the space function gets them back.
             self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans.pop(0))

@@ -23,6 +23,7 @@ from search.domains import (
     Uniform,
     check_bounds,
     check_values,
+    parse_duration,
     require,
     spec_class,
 )
@@ -112,12 +113,17 @@ PARAM_NAMES = tuple(f.name for f in dataclasses.fields(Space))
 
 @spec_class
 class Budget:
-    """How much searching: trials, epochs per trial, and ASHA's early-stopping rungs."""
+    """How much searching: trials, epochs per trial, ASHA's early-stopping rungs, and when to
+    end the search early: `time` ("2h", "90m", seconds) or `stop_when_stalled` finished trials
+    in a row without a better objective. Either ends it as Ctrl-C would not: no new trial
+    starts, running trials stop after their current epoch (time) or run out (stalled)."""
 
     trials: int = 20
     max_epochs: int = 10
     grace_period_epochs: int = 1  # ASHA never stops a trial before this many epochs
     reduction_factor: int = 2  # ASHA keeps 1/reduction_factor of trials at each rung
+    time: str | float | None = None  # wall time of the search, e.g. "2h": stored as seconds
+    stop_when_stalled: int | None = None  # end after this many finished trials without a better value
 
     def __post_init__(self) -> None:
         require("Budget.trials", self.trials, self.trials >= 1, "must be >= 1")
@@ -127,6 +133,10 @@ class Budget:
                  f"must lie in [1, max_epochs={self.max_epochs}]")
         require("Budget.reduction_factor", self.reduction_factor, self.reduction_factor >= 2,
                  "must be >= 2")
+        if self.time is not None:
+            object.__setattr__(self, "time", parse_duration("Budget.time", self.time))
+        if self.stop_when_stalled is not None:
+            require("Budget.stop_when_stalled", self.stop_when_stalled, self.stop_when_stalled >= 1, "must be >= 1")
 
 
 @spec_class

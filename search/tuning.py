@@ -20,8 +20,8 @@ from ray.tune.schedulers import ASHAScheduler
 
 from search.disk import DiskFull, text_reason
 from search.files import STUDY_FILE, TRAIN_DIR, TUNE_DIR
-from search.reaper import KV_NAMESPACE, PlacementGroupReaper
-from search.searcher import StudyLimiter, StudySearch, bind, end_unfinished, finished_trials
+from search.reaper import KV_NAMESPACE
+from search.searcher import StudyLimiter, StudySearch, end_unfinished, finished_trials, search_trials
 from search.space import recipe_points, space_function
 from search.spec import Experiment, SpecError
 from search.stop import ask_tune_to_stop
@@ -74,6 +74,16 @@ class _ASHA(ASHAScheduler):
             storage.storage_fs_path = _storage_fs_path
             trial.set_storage(storage)  # also moves the paths of its tracked checkpoints
         super().on_trial_add(tune_controller, trial)
+
+
+def scheduler(experiment: Experiment, storage_fs_path: str) -> _ASHA:
+    """ASHA on the experiment's budget, storing new trials under `storage_fs_path` (OUT now)."""
+    global _storage_fs_path
+    _storage_fs_path = storage_fs_path
+    budget = experiment.budget
+    # After a restore Tune's own iteration count restarts at 1; the epoch does not.
+    return _ASHA(time_attr="epoch", metric=experiment.objective, mode=experiment.mode, max_t=budget.max_epochs,
+                 grace_period=budget.grace_period_epochs, reduction_factor=budget.reduction_factor)
 
 
 @dataclass(frozen=True)
@@ -158,12 +168,21 @@ def end_unfinished_trials(experiment: Experiment, output: Output) -> int:
     return end_unfinished(study_url(output.local), experiment.name)
 
 
+def trials_run(experiment: Experiment, output: Output) -> int:
+    """How many trials the search has run (or started), in all its rounds."""
+    import optuna
+
+    return len(search_trials(optuna.load_study(study_name=experiment.name, storage=study_url(output.local))))
+
+
 def finished_trial_ids(experiment: Experiment, output: Output) -> set[str]:
     """The trials the study has finished: after an interruption, the others are unfinished."""
     return finished_trials(study_url(output.local), experiment.name)
 
 
-def _searcher(experiment: Experiment, out: Path, concurrency: int) -> StudyLimiter:
+def searcher(experiment: Experiment, out: Path, concurrency: int, first_round: bool = True) -> StudyLimiter:
+    """TPE over the experiment's space, its recipes first, in OUT's study: a new one for the
+    first round of a search, the search's own for a later round (its trials inform TPE)."""
     import warnings
 
     import optuna
@@ -179,13 +198,15 @@ def _searcher(experiment: Experiment, out: Path, concurrency: int) -> StudyLimit
                                              n_startup_trials=max(2, min(10, experiment.budget.trials // 3)),
                                              constant_liar=concurrency > 1)
     search = StudySearch(space=space_function(experiment.space), metric=best_metric(experiment.objective),
-                         mode=experiment.mode, points_to_evaluate=recipe_points(experiment) or None,
+                         mode=experiment.mode,
+                         points_to_evaluate=(recipe_points(experiment) or None) if first_round else None,
                          sampler=sampler, study_name=experiment.name,
-                         storage=new_study_storage(out, experiment.name))
+                         storage=new_study_storage(out, experiment.name) if first_round
+                         else optuna.storages.RDBStorage(study_url(out)))
     return StudyLimiter(search, max_concurrent=concurrency)
 
 
-def _trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: Plan,
+def trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: Plan,
                on_epoch: EpochHook | None) -> tune.Trainable:
     res = experiment.resources
     settings = TrialSettings(
@@ -198,7 +219,7 @@ def _trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_pl
     return tune.with_resources(tune.with_parameters(run_trial, settings=settings), DRIVER_RESOURCES)
 
 
-class _StopWhenDiskFull(tune.Callback):
+class StopWhenDiskFull(tune.Callback):
     """A trial whose checkpoint found the disk full stops the search, as Ctrl-C does: the other
     trials would only fail the same way, and the unfinished ones continue on --resume.
 
@@ -242,44 +263,3 @@ class _StopWhenDiskFull(tune.Callback):
                                                 self.output.display(TUNE_DIR), err)
             for trial in trials:  # an error's pickle cut short would stop the results from loading
                 trial.run_metadata.pickled_error_filename = None
-
-
-def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: Plan,
-           resume: bool = False, on_epoch: EpochHook | None = None) -> tuple[tune.ResultGrid, DiskFull | None]:
-    """Run (or, with `resume`, continue) the search; its Tune state lives in `OUT/tune`.
-
-    Tune and Train write straight to `output` (a local folder or a URI every node can
-    reach); the Optuna study stays in the driver's local working folder. Returns the results,
-    and the full disk that stopped the search early, if one did.
-    """
-    trainable = _trainable(experiment, output, arrays, the_plan, on_epoch)
-    tune_path = output.child(TUNE_DIR)
-    global _storage_fs_path
-    _storage_fs_path = output.path
-    bind(study_url(output.local))  # the study of this OUT, wherever it was when the search began
-    if resume and tune.Tuner.can_restore(tune_path):
-        # resume_errored keeps the trial id (Optuna knows it); restart_errored would not.
-        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
-        return _fit(tuner, experiment, output)
-    budget = experiment.budget
-    scheduler = _ASHA(
-        # After a restore Tune's own iteration count restarts at 1; the epoch does not.
-        time_attr="epoch", metric=experiment.objective, mode=experiment.mode, max_t=budget.max_epochs,
-        grace_period=budget.grace_period_epochs, reduction_factor=budget.reduction_factor)
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=_searcher(experiment, output.local, the_plan.concurrency),
-                                    scheduler=scheduler, num_samples=budget.trials),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=output.uri, callbacks=[PlacementGroupReaper()],
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1),
-    )
-    return _fit(tuner, experiment, output)
-
-
-def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output) -> tuple[tune.ResultGrid, DiskFull | None]:
-    disk_full = _StopWhenDiskFull(experiment, output)
-    if tuner._local_tuner is not None:  # None under Ray Client, where the search runs on the cluster
-        # Added after the Tuner saved its settings (tuner.pkl), so never restored from them: on a
-        # --resume it must clean up the OUT the search is in now (Tuner.restore takes no callbacks).
-        tuner._local_tuner.get_run_config().callbacks.append(disk_full)
-    return tuner.fit(), disk_full.full

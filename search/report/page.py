@@ -225,6 +225,9 @@ def _blocks(frame: pd.DataFrame, run: StoredRun, out: Path, plots_dir: Path) -> 
     blocks: list[Block] = [
         Heading(f"Search report: {run.facts.name}"),
         _verdict(frame, run, importances),
+        *([Para(f"The search ended before its {run.facts.trials} trials ran out: {run.facts.ended_by} "
+                f"({len(frame)} ran; `budget_stopped` trials were stopped by the time budget after "
+                "an epoch, their checkpoint kept).")] if run.facts.ended_by else []),
         Heading("Leaderboard"),
         Para(f"Trials sorted by their best {run.facts.objective} ({run.facts.mode}); the winner is highlighted; "
              "metrics are those of each trial's best epoch. `#` is the order Tune created trials in"

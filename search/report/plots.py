@@ -27,7 +27,10 @@ WRONG_COLOR = "#c0392b"
 # How each trial's line ends: the marker says how the trial ended.
 ENDINGS = {"completed": ("o", "#1f77b4", "completed all epochs"),
            "early_stopped": ("X", "#7f7f7f", "stopped early by ASHA"),
+           "budget_stopped": ("D", "#9467bd", "stopped by the time budget"),
+           "unfinished": ("P", "#8c564b", "unfinished (the search was interrupted)"),
            "error": ("s", "#ff7f0e", "error")}
+OCCASIONAL = {"budget_stopped", "unfinished"}  # in the legend only when a trial ended so
 NOT_APPLICABLE = -0.15  # where a parameter a trial did not use sits on its axis
 
 
@@ -78,8 +81,9 @@ def trial_curves(history: pd.DataFrame, table: pd.DataFrame, objective: str, bes
                 linewidth=3 if is_best else 1.2, zorder=3 if is_best else 2)
         ax.plot(epochs["epoch"].iloc[-1], epochs[objective].iloc[-1], marker=marker, color=line_color,
                 markersize=11 if is_best else 8, markeredgecolor="black", markeredgewidth=0.6, zorder=4)
+    shown = set(table["status"])
     handles = [Line2D([], [], color=color, marker=marker, markeredgecolor="black", label=label)
-               for marker, color, label in ENDINGS.values()]
+               for status, (marker, color, label) in ENDINGS.items() if status in shown or status not in OCCASIONAL]
     handles.append(Line2D([], [], color=BEST_COLOR, linewidth=3, label="best trial"))
     chosen = history[(history["trial_id"] == best_id) & (history["epoch"] == (best or {}).get("epoch"))]
     if not chosen.empty:

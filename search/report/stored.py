@@ -42,18 +42,21 @@ class SearchFacts:
     study_file: str
     concurrency: int = 0  # trials at once; 0: not recorded (an older run)
     search_wall_s: float = 0.0  # the search's wall time, report and export excluded; 0: not recorded
+    ended_by: str | None = None  # why the search ended before its trials ran out (a time budget, a stall)
 
 
 @dataclass(frozen=True)
 class TrialRecord:
     """One trial as Tune left it: its id, creation order, config, error (if it failed), and
-    whether an interrupted search left it unfinished (never started, or stopped mid-run)."""
+    whether an interrupted search left it unfinished (never started, or stopped mid-run), and
+    whether the search's time budget stopped it."""
 
     trial_id: str
     trial_number: int
     config: dict[str, Any]
     error: str | None
     unfinished: bool = False
+    budget_stopped: bool = False
 
 
 @dataclass(frozen=True)

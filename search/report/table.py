@@ -22,12 +22,14 @@ COLUMNS = ("trial_id", "trial_number", "recipe", "status", "epochs", "val_acc", 
            "train_time_s", "startup_s", "error")
 
 
-def _status(error: Any, epochs: int, max_epochs: int, unfinished: bool) -> str:
+def _status(error: Any, epochs: int, max_epochs: int, unfinished: bool, budget_stopped: bool = False) -> str:
     if error is not None:
         return "error"
     if unfinished:
         return "unfinished"
-    return "completed" if epochs >= max_epochs else "early_stopped"
+    if epochs >= max_epochs:
+        return "completed"
+    return "budget_stopped" if budget_stopped else "early_stopped"
 
 
 def recipe_index(config: dict[str, Any], points: list[dict[str, Any]]) -> int | None:
@@ -40,7 +42,7 @@ def recipe_index(config: dict[str, Any], points: list[dict[str, Any]]) -> int | 
 
 def trial_row(trial_id: str, trial_number: int, config: dict[str, Any], history: pd.DataFrame, error: Any,
               objective: str, mode: str, max_epochs: int, points: list[dict[str, Any]],
-              unfinished: bool = False) -> dict[str, Any]:
+              unfinished: bool = False, budget_stopped: bool = False) -> dict[str, Any]:
     """One trial's row: the metrics of its best epoch, how far it ran, and its parameters.
 
     `trial_number` is the order Tune created trials in; `recipe` says which of the
@@ -57,7 +59,7 @@ def trial_row(trial_id: str, trial_number: int, config: dict[str, Any], history:
         row.update({k: best.get(k) for k in ("val_acc", "val_loss", "train_acc", "train_loss")})
         row.update(epochs=int(history["epoch"].max()), train_time_s=float(history["train_time_s"].max()),
                    startup_s=float(history["startup_s"].iloc[0]), checkpoint_path=best.get("checkpoint_path"))
-    row["status"] = _status(error, row["epochs"], max_epochs, unfinished)
+    row["status"] = _status(error, row["epochs"], max_epochs, unfinished, budget_stopped)
     # The backbone's weights are the experiment's, not a searched column: any value resolves the rest.
     params = hparams(config, weights="none").to_dict() if "optimizer" in config else {}
     for name in SEARCHED:
@@ -78,7 +80,8 @@ def table(rows: list[dict[str, Any]], objective: str, mode: str) -> pd.DataFrame
 def trial_table(trials: list[TrialRecord], history: pd.DataFrame, facts: SearchFacts) -> pd.DataFrame:
     """The report table of a search from its stored trials and history, best trial first."""
     rows = [trial_row(t.trial_id, t.trial_number, t.config, trial_history(history, t.trial_id), t.error,
-                      facts.objective, facts.mode, facts.max_epochs, facts.recipe_points, t.unfinished) for t in trials]
+                      facts.objective, facts.mode, facts.max_epochs, facts.recipe_points, t.unfinished,
+                      t.budget_stopped) for t in trials]
     return table(rows, facts.objective, facts.mode)
 
 

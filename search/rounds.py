@@ -1,0 +1,136 @@
+"""A search as Tune runs ("rounds") over one Optuna study: the first, and one more each time
+a finished search is extended (`--resume --trials N` with N above the trials it ran).
+
+Tune cannot add trials to a finished experiment (ray-project/ray#18847), but the study, the
+search's truth, can take more: a new round is a new Tune run (`OUT/tune-2`, ...) whose TPE
+learns from every trial before it. A --resume restores the last round and, when the budget
+asks for more trials than the study holds, starts the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ray import tune
+
+from search import tuning
+from search.disk import DiskFull
+from search.ending import BudgetStopper, EndRule
+from search.files import TUNE_DIR
+from search.reaper import PlacementGroupReaper
+from search.searcher import bind, finished_values
+from search.spec import Experiment
+from search.storage import Output
+from search.trial import EpochHook
+from trainables.data import ArrayData
+
+MAX_ROUNDS = 1000
+
+
+def round_dir(number: int) -> str:
+    """The folder of a search's `number`th Tune run: OUT/tune, then OUT/tune-2, ..."""
+    return TUNE_DIR if number == 1 else f"{TUNE_DIR}-{number}"
+
+
+def rounds_in(output: Output) -> list[str]:
+    """The rounds a search folder holds, in order."""
+    found = []
+    while len(found) < MAX_ROUNDS and output.exists(round_dir(len(found) + 1)):
+        found.append(round_dir(len(found) + 1))
+    return found
+
+
+@dataclass
+class Outcome:
+    """What the search's rounds gave: every round's results, and why it ended early, if it did."""
+
+    grids: list[tune.ResultGrid] = field(default_factory=list)
+    disk_full: DiskFull | None = None
+    ended_by: str | None = None  # a time budget or a stalled objective (`search.ending`)
+    budget_stopped: set[str] = field(default_factory=set)  # trials the time budget stopped
+
+
+def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: tuning.Plan, *,
+           resume: bool = False, on_epoch: EpochHook | None = None, stopped: Callable[[], bool] = lambda: False,
+           spent_s: float = 0.0, warm_start: Path | None = None) -> Outcome:
+    """Run (or, with `resume`, continue) the search until its trials are run, a signal stops it
+    (`stopped()` turns true), the disk fills, or its `EndRule` ends it.
+
+    Tune and Train write straight to `output` (a local folder or a URI every node can reach);
+    the Optuna study stays in the driver's local working folder. `spent_s`: search time the
+    earlier runs of this search spent, counted against a time budget.
+    """
+    budget = experiment.budget
+    rule = EndRule(time_s=None if budget.time is None else budget.time - spent_s, stalled=budget.stop_when_stalled,
+                   mode=experiment.mode, budget_s=budget.time)
+    trainable = tuning.trainable(experiment, output, arrays, the_plan, on_epoch)
+    bind(tuning.study_url(output.local), rule)  # the study of this OUT, wherever it was when the search began
+    outcome = Outcome()
+    done = rounds_in(output) if resume else []
+    for name in done[:-1]:
+        outcome.grids.append(tune.Tuner.restore(output.child(name), trainable).get_results())
+    if done and tune.Tuner.can_restore(output.child(done[-1])):
+        # resume_errored keeps the trial id (Optuna knows it); restart_errored would not.
+        tuner = tune.Tuner.restore(output.child(done[-1]), trainable, resume_unfinished=True, resume_errored=True)
+        tuning.scheduler(experiment, output.path)  # new trials of a moved OUT go where it is now
+    else:
+        done = done[:-1]
+        trials = budget.trials - (tuning.trials_run(experiment, output) if done else 0)
+        tuner = _new_round(experiment, output, the_plan, trainable, len(done) + 1, trials,
+                           warm_start=None if done else warm_start)
+        done = [*done, round_dir(len(done) + 1)]
+    while True:
+        grid, outcome.disk_full = _fit(tuner, experiment, output, rule)
+        outcome.grids.append(grid)
+        if outcome.disk_full or stopped() or rule.ended_by:
+            break
+        tuning.end_unfinished_trials(experiment, output)  # a later round must not inherit RUNNING trials
+        remaining = budget.trials - tuning.trials_run(experiment, output)
+        if remaining <= 0 or len(done) >= MAX_ROUNDS or rule.should_end(_values(experiment, output)):
+            break
+        done.append(round_dir(len(done) + 1))
+        print(f"Extending the search: {remaining} more trials (round {len(done)}, {output.display(done[-1])})",
+              flush=True)
+        tuner = _new_round(experiment, output, the_plan, trainable, len(done), remaining)
+    outcome.ended_by, outcome.budget_stopped = rule.ended_by, set(rule.stopped_trials)
+    return outcome
+
+
+def _values(experiment: Experiment, output: Output) -> list[float]:
+    import optuna
+
+    return finished_values(optuna.load_study(study_name=experiment.name, storage=tuning.study_url(output.local)))
+
+
+def _new_round(experiment: Experiment, output: Output, the_plan: tuning.Plan, trainable: tune.Trainable,
+               number: int, trials: int, warm_start: Path | None = None) -> tune.Tuner:
+    search_alg = tuning.searcher(experiment, output.local, the_plan.concurrency, first_round=number == 1)
+    if warm_start is not None:
+        from search.space import space_function
+        from search.warm import warm_start as tell
+
+        print(tell(search_alg.searcher._ot_study, warm_start, experiment, space_function(experiment.space)),
+              flush=True)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=tuning.scheduler(experiment, output.path), num_samples=max(1, trials)),
+        run_config=tune.RunConfig(name=round_dir(number), storage_path=output.uri, callbacks=[PlacementGroupReaper()],
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+    )
+
+
+def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output,
+         rule: EndRule) -> tuple[tune.ResultGrid, DiskFull | None]:
+    disk_full = tuning.StopWhenDiskFull(experiment, output)
+    if tuner._local_tuner is not None:  # None under Ray Client, where the search runs on the cluster
+        # Set after the Tuner saved its settings (tuner.pkl), so never restored from them: on a
+        # --resume they must act on this run's OUT and budget (Tuner.restore takes neither).
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.callbacks.append(disk_full)
+        if rule.time_s is not None:
+            run_config.stop = BudgetStopper(rule)
+    return tuner.fit(), disk_full.full
