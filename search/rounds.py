@@ -20,7 +20,7 @@ from search.disk import DiskFull
 from search.ending import BudgetStopper, EndRule
 from search.files import TUNE_DIR
 from search.reaper import PlacementGroupReaper
-from search.searcher import bind, finished_values
+from search.searcher import bind, finished_values, load
 from search.spec import Experiment
 from search.storage import Output
 from search.trial import EpochHook
@@ -99,9 +99,7 @@ def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: 
 
 
 def _values(experiment: Experiment, output: Output) -> list[float]:
-    import optuna
-
-    return finished_values(optuna.load_study(study_name=experiment.name, storage=tuning.study_url(output.local)))
+    return finished_values(load(tuning.study_url(output.local), experiment.name))
 
 
 def _new_round(experiment: Experiment, output: Output, the_plan: tuning.Plan, trainable: tune.Trainable,

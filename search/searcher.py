@@ -45,6 +45,22 @@ def bind(study_url: str, end_rule: EndRule | None = None) -> None:
     _study_url, _end_rule = study_url, end_rule
 
 
+# How long a write waits for a reader of optuna.db (optuna-dashboard polling it during the
+# search) to let go, instead of SQLite's 5 s and "database is locked" (optuna/optuna-dashboard#545).
+SQLITE_BUSY_TIMEOUT_S = 120
+
+
+def study_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's storage at `url`, patient with other readers and writers of the file."""
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def load(study_url: str, study_name: str) -> optuna.Study:
+    """The study of a search, read or written while the search may run."""
+    return optuna.load_study(study_name=study_name, storage=study_storage(study_url))
+
+
 def search_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The study's trials that this search ran (not those told to it by a warm start)."""
     return [t for t in study.get_trials(deepcopy=False) if TUNE_TRIAL_ID in t.user_attrs]
@@ -76,7 +92,7 @@ class StudySearch(OptunaSearch):
         url = _study_url or self.__dict__.get("_storage_url")
         if url is None:
             return
-        self._storage = optuna.storages.RDBStorage(url)
+        self._storage = study_storage(url)
         self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
         self._ot_trials = {tune_id: optuna.trial.Trial(self._ot_study, trial_id)
                            for tune_id, trial_id in self.__dict__.pop("_ot_trial_ids", {}).items()}
@@ -153,7 +169,7 @@ class StudyLimiter(ConcurrencyLimiter):
 
 def finished_trials(study_url: str, study_name: str) -> set[str]:
     """The Tune trial ids whose study trial is finished (complete, pruned or failed)."""
-    study = optuna.load_study(study_name=study_name, storage=study_url)
+    study = load(study_url, study_name)
     return {t.user_attrs[TUNE_TRIAL_ID] for t in study.get_trials(deepcopy=False)
             if t.state.is_finished() and TUNE_TRIAL_ID in t.user_attrs}
 
@@ -161,7 +177,7 @@ def finished_trials(study_url: str, study_name: str) -> set[str]:
 def end_unfinished(study_url: str, study_name: str) -> int:
     """After a search that ran to its end: a study trial still RUNNING was never going to
     finish (Tune ended without telling it): mark it FAIL. Returns how many."""
-    study = optuna.load_study(study_name=study_name, storage=study_url)
+    study = load(study_url, study_name)
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in running:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)

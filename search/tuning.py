@@ -21,7 +21,15 @@ from ray.tune.schedulers import ASHAScheduler
 from search.disk import DiskFull, text_reason
 from search.files import STUDY_FILE, TRAIN_DIR, TUNE_DIR
 from search.reaper import KV_NAMESPACE
-from search.searcher import StudyLimiter, StudySearch, end_unfinished, finished_trials, search_trials
+from search.searcher import (
+    StudyLimiter,
+    StudySearch,
+    end_unfinished,
+    finished_trials,
+    load,
+    search_trials,
+    study_storage,
+)
 from search.space import recipe_points, space_function
 from search.spec import Experiment, SpecError
 from search.stop import ask_tune_to_stop
@@ -150,7 +158,7 @@ def new_study_storage(out: Path, study_name: str) -> optuna.storages.RDBStorage:
     """
     import optuna
 
-    storage = optuna.storages.RDBStorage(study_url(out))
+    storage = study_storage(study_url(out))
     if study_name in optuna.study.get_all_study_names(storage):
         # A new search and no Tune state to resume (run.py checked): this study is from a start
         # that never got going, and its trials would mix with this search's.
@@ -170,9 +178,8 @@ def end_unfinished_trials(experiment: Experiment, output: Output) -> int:
 
 def trials_run(experiment: Experiment, output: Output) -> int:
     """How many trials the search has run (or started), in all its rounds."""
-    import optuna
 
-    return len(search_trials(optuna.load_study(study_name=experiment.name, storage=study_url(output.local))))
+    return len(search_trials(load(study_url(output.local), experiment.name)))
 
 
 def finished_trial_ids(experiment: Experiment, output: Output) -> set[str]:
@@ -202,7 +209,7 @@ def searcher(experiment: Experiment, out: Path, concurrency: int, first_round: b
                          points_to_evaluate=(recipe_points(experiment) or None) if first_round else None,
                          sampler=sampler, study_name=experiment.name,
                          storage=new_study_storage(out, experiment.name) if first_round
-                         else optuna.storages.RDBStorage(study_url(out)))
+                         else study_storage(study_url(out)))
     return StudyLimiter(search, max_concurrent=concurrency)
 
 

@@ -3,9 +3,11 @@ warm-started from another search, ended by a time budget or a stalled objective.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -153,3 +155,70 @@ def test_a_stalled_search_ends_once_n_trials_bring_nothing_better(ray_session, c
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ended_by"].startswith("stalled: 2 finished trials in a row without a better value")
     assert len(pd.read_csv(out / "report.csv")) == 3
+
+
+def _suggestions(searcher, count: int, prefix: str) -> list[dict]:
+    return [searcher.suggest(f"{prefix}{i}") for i in range(count)]
+
+
+def test_a_later_round_proposes_from_the_trials_before_it(tmp_path: Path) -> None:
+    from search import tuning
+
+    experiment = Experiment(name="x", data="d", seed=3, budget=Budget(trials=12),
+                            space=Space(arch="small_cnn", optimizer="adam", lr={"adam": LogUniform(1e-4, 1e-1)}))
+    with_history, without = tmp_path / "with", tmp_path / "without"
+    for out in (with_history, without):
+        out.mkdir()
+        tuning.searcher(experiment, out, concurrency=1)  # the first round makes the study
+    first = tuning.searcher(experiment, with_history, concurrency=1)
+    for i in range(6):
+        config = first.suggest(f"t{i}")
+        first.on_trial_complete(f"t{i}", {"best_val_acc": 1.0 - abs(np.log10(config["lr_adam"]) + 2.5), "epoch": 1})
+    assert len(search_trials(study_of(with_history, "x"))) == 6
+    proposed = _suggestions(tuning.searcher(experiment, with_history, 3, first_round=False), 3, "u")
+    from_nothing = _suggestions(tuning.searcher(experiment, without, 3, first_round=False), 3, "u")
+    assert proposed != from_nothing  # the same seed: only the first round's trials differ
+    assert len(study_of(with_history, "x").trials) == 9  # one study, both rounds
+
+
+def test_a_reader_of_the_study_during_the_search_does_not_break_it(ray_session, coats: Path, tmp_path: Path) -> None:
+    """optuna-dashboard polls optuna.db while the search writes to it (optuna/optuna-dashboard#545);
+    here a reader holds each read longer than SQLite's default 5 s wait, and another polls."""
+    import sqlite3
+    import threading
+    import time
+
+    experiment = tiny_experiment(tmp_path, coats, trials=2, epochs=1)
+    out, done, reads = tmp_path / "out", threading.Event(), []
+
+    def hold_reads() -> None:
+        while not done.is_set() and not (out / "optuna.db").is_file():
+            time.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while not done.is_set() and time.monotonic() < deadline:
+            with sqlite3.connect(out / "optuna.db", timeout=60) as db:
+                db.execute("BEGIN")
+                reads.append(db.execute("SELECT count(*) FROM trials").fetchone()[0])
+                time.sleep(6)  # a shared lock held past the writer's default patience
+                db.execute("COMMIT")
+            time.sleep(0.2)
+
+    def poll() -> None:
+        while not done.is_set():
+            # the file may be mid-creation: a reader tries again
+            with contextlib.suppress(Exception):
+                reads.append(len(optuna.get_all_study_names(f"sqlite:///{out / 'optuna.db'}")))
+            time.sleep(0.05)
+
+    readers = [threading.Thread(target=hold_reads), threading.Thread(target=poll)]
+    for reader in readers:
+        reader.start()
+    try:
+        code = main([str(experiment), "--out", str(out), "--concurrency", "1"])
+    finally:
+        done.set()
+        for reader in readers:
+            reader.join()
+    assert code == 0 and reads
+    assert len(pd.read_csv(out / "report.csv")) == 2
+    assert len(search_trials(study_of(out))) == 2
