@@ -222,3 +222,43 @@ def test_a_reader_of_the_study_during_the_search_does_not_break_it(ray_session, 
     assert code == 0 and reads
     assert len(pd.read_csv(out / "report.csv")) == 2
     assert len(search_trials(study_of(out))) == 2
+
+
+@pytest.mark.slow
+def test_an_extension_killed_midway_resumes_to_one_study_of_all_trials(coats: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import cli_env
+
+    experiment = tiny_experiment(tmp_path, coats, trials=2, epochs=2)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "search.run", str(experiment), "--out", str(out), "--concurrency", "2"]
+    first = subprocess.run(command, capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    with open(tmp_path / "extend.log", "w") as log:
+        # its own session: the kill takes the driver and the local Ray it started, nothing else
+        extend = subprocess.Popen(command + ["--resume", "--trials", "4"], stdout=log, stderr=subprocess.STDOUT,
+                                  env=cli_env(), cwd=tmp_path, start_new_session=True)
+        deadline = time.monotonic() + 600
+        while extend.poll() is None and time.monotonic() < deadline and not any(
+                p.read_text().strip() for p in out.glob("tune-2/run_trial_*/result.json")):
+            time.sleep(0.02)
+        if extend.poll() is None:
+            os.killpg(extend.pid, signal.SIGKILL)
+        extend.wait()
+    if extend.returncode == 0:
+        pytest.skip("the extension ended before its first epoch: nothing to resume")
+    resumed = subprocess.run(command + ["--resume", "--trials", "4"], capture_output=True, text=True,
+                             env=cli_env(), cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    report = pd.read_csv(out / "report.csv")
+    assert len(report) == 4 and report["trial_id"].is_unique
+    assert report["status"].isin(["completed", "early_stopped"]).all(), report[["status", "error"]]
+    study = study_of(out)
+    assert sorted(t.user_attrs[TUNE_TRIAL_ID] for t in study.trials) == sorted(report["trial_id"])
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert not (out / "tune-3").exists()
