@@ -54,18 +54,19 @@ class Outcome:
 
 def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: tuning.Plan, *,
            resume: bool = False, on_epoch: EpochHook | None = None, stopped: Callable[[], bool] = lambda: False,
-           spent_s: float = 0.0, warm_start: Path | None = None) -> Outcome:
+           spent_s: float = 0.0, warm_start: Path | None = None, data_key: str = "") -> Outcome:
     """Run (or, with `resume`, continue) the search until its trials are run, a signal stops it
     (`stopped()` turns true), the disk fills, or its `EndRule` ends it.
 
     Tune and Train write straight to `output` (a local folder or a URI every node can reach);
     the Optuna study stays in the driver's local working folder. `spent_s`: search time the
-    earlier runs of this search spent, counted against a time budget.
+    earlier runs of this search spent, counted against a time budget. `data_key`: the data's
+    fingerprint, with which trials share a frozen backbone's features.
     """
     budget = experiment.budget
     rule = EndRule(time_s=None if budget.time is None else budget.time - spent_s, stalled=budget.stop_when_stalled,
                    mode=experiment.mode, budget_s=budget.time)
-    trainable = tuning.trainable(experiment, output, arrays, the_plan, on_epoch)
+    trainable = tuning.trainable(experiment, output, arrays, the_plan, on_epoch, data_key)
     bind(tuning.study_url(output.local), rule)  # the study of this OUT, wherever it was when the search began
     outcome = Outcome()
     done = rounds_in(output) if resume else []

@@ -214,7 +214,8 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
     with GracefulStop() as stop:
         outcome = rounds.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch,
                                 stopped=lambda: stop.signum is not None, spent_s=spent_s,
-                                warm_start=Path(args.warm_start).expanduser() if args.warm_start else None)
+                                warm_start=Path(args.warm_start).expanduser() if args.warm_start else None,
+                                data_key=data_sha)
     search_wall_s = time.perf_counter() - started
     disk_full = outcome.disk_full
     interrupted = stop.signum is not None or disk_full is not None

@@ -53,6 +53,8 @@ class TrialSettings:
     objective: str
     mode: str
     study_name: str
+    features: Any = None  # the search's `search.features.FeatureStore`, where frozen features are shared
+    data_key: str = ""  # the data's fingerprint: part of what names shared features
     keep_checkpoints: int = KEEP_CHECKPOINTS
     max_failures: int = 2
     on_epoch: EpochHook | None = None
@@ -155,9 +157,14 @@ def train_worker(config: dict[str, Any]) -> None:
                 _mark_if_full_disk(err, where, config["study_name"], config["trial_id"])
                 raise
 
+    share = None
+    if config["features"] is not None:
+        from search.features import sharing
+
+        share = sharing(config["features"])
     fit(config["hparams"], data, config["max_epochs"], report, state=state,
         device=ray.train.torch.get_device(), seed=config["seed"], rank=rank, world_size=world_size,
-        prepare_model=ray.train.torch.prepare_model)
+        prepare_model=ray.train.torch.prepare_model, share_features=share, data_key=config["data_key"] or None)
 
 
 def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:

@@ -214,15 +214,25 @@ def searcher(experiment: Experiment, out: Path, concurrency: int, first_round: b
 
 
 def trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: Plan,
-               on_epoch: EpochHook | None) -> tune.Trainable:
+               on_epoch: EpochHook | None, data_key: str = "") -> tune.Trainable:
+    """Every trial's driver, with what the trials share: the data, and where a frozen
+    backbone's features are shared (when the space has a frozen backbone)."""
+    from trainables.archs import ARCHS
+
     res = experiment.resources
+    features = None
+    if data_key and any(ARCHS[name].freeze == "all" for name in experiment.space.archs()):
+        from search.features import start_store
+
+        features = start_store()
     settings = TrialSettings(
         # Decoded once, put in Ray's object store once: every trial on every node reads
         # this one copy (zero-copy on a node), with no shared filesystem needed.
         data=ray.put(arrays), storage_path=output.child(TRAIN_DIR), weights=experiment.weights,
         max_epochs=experiment.budget.max_epochs, seed=experiment.seed, workers=res.workers,
         cpus_per_worker=res.cpus_per_worker, gpus_per_worker=the_plan.gpus_per_worker,
-        objective=experiment.objective, mode=experiment.mode, study_name=experiment.name, on_epoch=on_epoch)
+        objective=experiment.objective, mode=experiment.mode, study_name=experiment.name, on_epoch=on_epoch,
+        features=features, data_key=data_key)
     return tune.with_resources(tune.with_parameters(run_trial, settings=settings), DRIVER_RESOURCES)
 
 

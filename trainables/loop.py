@@ -6,6 +6,7 @@ into `ray.train.report` with a checkpoint; a test calls it directly.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,12 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 EVAL_BATCH = 128
 
+# A frozen backbone's features as plain arrays: train [views, N, D] and val [N, D] as float32,
+# and the dtype they were computed in (bfloat16 under a GPU's autocast, float32 on a CPU).
+FeatureArrays = tuple[np.ndarray, np.ndarray, str]
+# share(key, compute) -> (the arrays, whether another run computed them): runs with the same
+# key (same frozen backbone, data, views and device) get one computation (search/features.py).
+ShareFeatures = Callable[[str, Callable[[], FeatureArrays]], tuple[FeatureArrays, bool]]
 # report(metrics, state): metrics of the epoch just finished; state (`trainables.state.checkpoint`) resumes the run.
 ReportFn = Callable[[dict[str, float], dict[str, Any]], None]
 
@@ -106,6 +113,17 @@ class FeatureCache:
         views = torch.as_tensor(rng.integers(len(self.train), size=len(idx)), device=self.train.device)
         return self.train[views, torch.as_tensor(idx, device=self.train.device)]
 
+    def to_arrays(self) -> FeatureArrays:
+        """As arrays another process can use (float32 holds a bfloat16 exactly)."""
+        return (self.train.float().cpu().numpy(), self.val.float().cpu().numpy(),
+                str(self.train.dtype).removeprefix("torch."))
+
+    @classmethod
+    def from_arrays(cls, arrays: FeatureArrays, device: torch.device) -> FeatureCache:
+        train, val, dtype = arrays
+        as_tensor = lambda a: torch.from_numpy(np.array(a)).to(device, getattr(torch, dtype))  # noqa: E731 - a copy
+        return cls(as_tensor(train), as_tensor(val))
+
     @torch.no_grad()
     def evaluate(self, model: BackboneClassifier, labels: np.ndarray) -> tuple[float, float]:
         """(loss, accuracy) of `model` on the val images: its head on their cached features."""
@@ -119,8 +137,7 @@ def cache_features(model: nn.Module, data: ArrayData, hp: HParams, device: torch
     """The backbone's features of every train and val image, when they stay valid for the
     whole run: a frozen backbone, and no augmentation or `hp.feature_views` augmented views
     of each train image (reused in every epoch instead of fresh ones); else None."""
-    backbone = frozen_backbone(model)
-    views = 1 if hp.augment == 0 else int(hp.feature_views or 0)
+    backbone, views = frozen_backbone(model), _views(hp)
     if backbone is None or views == 0:
         return None
     # Seeds seed * 100_003 - view are never an epoch's augmentation seed (those add epoch >= 1).
@@ -128,6 +145,23 @@ def cache_features(model: nn.Module, data: ArrayData, hp: HParams, device: torch
     train = torch.stack([torch.cat(list(_outputs(backbone, data.train.images, device, hp.augment, generator)))
                          for generator in generators])
     return FeatureCache(train, torch.cat(list(_outputs(backbone, data.val.images, device))))
+
+
+def _views(hp: HParams) -> int:
+    return 1 if hp.augment == 0 else int(hp.feature_views or 0)
+
+
+def _features(model: nn.Module, data: ArrayData, hp: HParams, device: torch.device, seed: int,
+              share: ShareFeatures | None, data_key: str | None, frozen: str) -> tuple[FeatureCache | None, bool]:
+    """`cache_features`, through `share` when given: the features and whether they were shared."""
+    if share is None or not data_key or frozen_backbone(model) is None or _views(hp) == 0:
+        return cache_features(model, data, hp, device, seed), False
+    # What the features depend on: the frozen weights (their sha256 names the backbone), the
+    # images, the views (their augmentation and seeds) and where they are computed.
+    key = hashlib.sha256(repr((frozen, hp.arch, data_key, data.train.images.shape, _views(hp), hp.augment,
+                               seed if hp.augment else None, device.type)).encode()).hexdigest()
+    arrays, shared = share(key, lambda: cache_features(model, data, hp, device, seed).to_arrays())
+    return FeatureCache.from_arrays(arrays, device), shared
 
 
 def _shard(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
@@ -155,7 +189,8 @@ def on_device(images: np.ndarray, device: torch.device, max_fraction: float = 0.
 def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         state: dict[str, Any] | None = None, device: torch.device | None = None, seed: int = 0,
         rank: int = 0, world_size: int = 1,
-        prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m, feature_cache: bool = True) -> nn.Module:
+        prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m, feature_cache: bool = True,
+        share_features: ShareFeatures | None = None, data_key: str | None = None) -> nn.Module:
     """Train `hp.arch` on `data.train`, validate on `data.val`, report every epoch.
 
     `state` (a previous report's checkpoint, see `trainables.state`) resumes after its epoch.
@@ -163,6 +198,9 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
     trains on its shard of the data.
     A frozen backbone's features are computed once (`cache_features`) and only the head is
     trained and prepared; `feature_cache=False` runs the backbone every epoch instead.
+    With `share_features` and `data_key` (the data's fingerprint), runs of one search that need
+    the same features compute them once; each epoch reports `features_s`, the seconds the run
+    spent getting them, and `features_shared`.
     """
     device = device or default_device()
     model = build_model(len(data.classes), hp, seed, state)
@@ -178,8 +216,10 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, train_time_s = state["epoch"] + 1, state["train_time_s"]
     started = time.perf_counter()
-    features = cache_features(model, data, hp, device, seed) if feature_cache else None
-    train_time_s += time.perf_counter() - started  # the backbone's one pass is part of training's cost
+    features, shared = (_features(model, data, hp, device, seed, share_features, data_key, frozen)
+                        if feature_cache else (None, False))
+    features_s = time.perf_counter() - started
+    train_time_s += features_s  # the backbone's one pass is part of training's cost
     wrapped = prepare_model(model if features is None else model.head)
     batch_size = int(hp.batch_size)
     train_images = on_device(data.train.images, device) if features is None else None
@@ -221,5 +261,7 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         train_time_s += time.perf_counter() - started
         metrics = {"epoch": epoch, "train_images": int(seen), "train_loss": loss_sum / seen,
                    "train_acc": correct / seen, "val_loss": val_loss, "val_acc": val_acc, "train_time_s": train_time_s}
+        if features is not None:
+            metrics.update(features_s=features_s, features_shared=int(shared))
         report(metrics, checkpoint(model, optimizer, frozen, epoch=epoch, train_time_s=train_time_s, seed=seed))
     return model

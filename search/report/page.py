@@ -213,7 +213,20 @@ def _time_blocks(frame: pd.DataFrame, run: StoredRun) -> list[Block]:
                  f"once): training and validation {share(split['train_s'])}, trial start-up "
                  f"{share(split['startup_s'])}, the rest (report hand-overs, checkpoints, teardown, waiting) "
                  f"{share(split['rest_s'])}. Useful fraction **{split['useful_fraction']:.2f}**; "
-                 f"{split['overhead_per_trial_s']:.1f} s of overhead per trial.")]
+                 f"{split['overhead_per_trial_s']:.1f} s of overhead per trial."),
+            *_feature_blocks(frame)]
+
+
+def _feature_blocks(frame: pd.DataFrame) -> list[Block]:
+    """How often a frozen backbone's features were computed, and how often another trial's were reused."""
+    if "features_s" not in frame or frame["features_s"].isna().all():
+        return []
+    rows = frame[frame["features_s"].notna()]
+    shared = rows["features_shared"].fillna(0).astype(bool) if "features_shared" in rows else rows["features_s"].isna()
+    computed, fetched = rows[~shared], rows[shared]
+    return [Para(f"Frozen-backbone features (`features_s`): computed by {len(computed)} trial(s) in "
+                 f"{computed['features_s'].sum():.1f} s, reused by {len(fetched)} in "
+                 f"{fetched['features_s'].sum():.1f} s.")]
 
 
 def _blocks(frame: pd.DataFrame, run: StoredRun, out: Path, plots_dir: Path) -> list[Block]:

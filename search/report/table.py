@@ -19,7 +19,7 @@ from search.space import hparams
 from trainables.hparams import SEARCHED
 
 COLUMNS = ("trial_id", "trial_number", "recipe", "status", "epochs", "val_acc", "val_loss", "train_acc", "train_loss",
-           "train_time_s", "startup_s", "error")
+           "train_time_s", "startup_s", "features_s", "features_shared", "error")
 
 
 def _status(error: Any, epochs: int, max_epochs: int, unfinished: bool, budget_stopped: bool = False) -> str:
@@ -59,6 +59,10 @@ def trial_row(trial_id: str, trial_number: int, config: dict[str, Any], history:
         row.update({k: best.get(k) for k in ("val_acc", "val_loss", "train_acc", "train_loss")})
         row.update(epochs=int(history["epoch"].max()), train_time_s=float(history["train_time_s"].max()),
                    startup_s=float(history["startup_s"].iloc[0]), checkpoint_path=best.get("checkpoint_path"))
+        # A frozen backbone's features: seconds to compute them, or to fetch another trial's.
+        for column in ("features_s", "features_shared"):
+            if column in history and history[column].notna().any():
+                row[column] = history[column].dropna().iloc[0]
     row["status"] = _status(error, row["epochs"], max_epochs, unfinished, budget_stopped)
     # The backbone's weights are the experiment's, not a searched column: any value resolves the rest.
     params = hparams(config, weights="none").to_dict() if "optimizer" in config else {}

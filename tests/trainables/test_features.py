@@ -81,9 +81,10 @@ def head_state(result: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def assert_same_metrics(a: list[dict], b: list[dict], tolerance: float) -> None:
     assert [m["epoch"] for m in a] == [m["epoch"] for m in b]
+    how = {"train_time_s", "features_s", "features_shared"}  # how long, and where the features came from
     for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for key in x.keys() - {"train_time_s"}:
+        assert x.keys() - how == y.keys() - how
+        for key in x.keys() - how:
             assert x[key] == pytest.approx(y[key], abs=tolerance), (x["epoch"], key)
 
 
@@ -161,3 +162,32 @@ def test_augmented_views_are_cached_once_and_reused(arrays: data.ArrayData) -> N
     assert_same_metrics(again["metrics"], result["metrics"], 0)  # seeded: the same views
     one_view = run(FROZEN.replace(augment=0.5, feature_views=1), arrays)
     assert one_view["metrics"][-1]["train_loss"] != result["metrics"][-1]["train_loss"]
+
+
+def test_runs_sharing_features_compute_them_once_and_train_as_if_each_had(arrays: data.ArrayData) -> None:
+    store: dict[str, Any] = {}
+
+    def share(key: str, compute: Any) -> tuple[Any, bool]:
+        if key in store:
+            return store[key], True
+        store[key] = compute()
+        return store[key], False
+
+    alone = run(FROZEN, arrays, epochs=2)
+    first = run(FROZEN, arrays, epochs=2, share_features=share, data_key="data-1")
+    other_head = run(FROZEN.replace(head_units=16, lr=3e-3), arrays, epochs=2, share_features=share, data_key="data-1")
+    again = run(FROZEN, arrays, epochs=2, share_features=share, data_key="data-1")
+    assert len(store) == 1  # one backbone, one set of images, one view: one key
+    assert first["backbone_images"] == alone["backbone_images"] > 0
+    assert other_head["backbone_images"] == again["backbone_images"] == 0
+    assert [m["features_shared"] for m in first["metrics"] + again["metrics"]] == [0, 0, 1, 1]
+    assert again["metrics"][0]["features_s"] < first["metrics"][0]["features_s"]
+    assert_same_metrics(again["metrics"], alone["metrics"], 1e-6)  # trained as if it had computed them
+    # other data, or other views, are other features
+    run(FROZEN, arrays, epochs=1, share_features=share, data_key="data-2")
+    run(FROZEN.replace(augment=0.3, feature_views=2), arrays, epochs=1, share_features=share, data_key="data-1")
+    assert len(store) == 3
+    # a backbone that trains has no features to share
+    partial = run(FROZEN.replace(arch="inception_partial", unfrozen_blocks=1), arrays, epochs=1,
+                  share_features=share, data_key="data-1")
+    assert len(store) == 3 and "features_s" not in partial["metrics"][0]
