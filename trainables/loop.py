@@ -221,5 +221,6 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         train_time_s += time.perf_counter() - started
         metrics = {"epoch": epoch, "train_images": int(seen), "train_loss": loss_sum / seen,
                    "train_acc": correct / seen, "val_loss": val_loss, "val_acc": val_acc, "train_time_s": train_time_s}
-        report(metrics, checkpoint(model, optimizer, frozen, epoch=epoch, train_time_s=train_time_s, seed=seed))
+        report(metrics, checkpoint(model, optimizer, frozen, epoch=epoch, train_time_s=train_time_s, seed=seed,
+                                   batch_size=batch_size))
     return model
