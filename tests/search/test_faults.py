@@ -137,3 +137,32 @@ def test_an_out_of_memory_is_retried_once_with_half_the_batch_and_noted(ray_sess
     state = torch.load(next(out.glob("train/*/epoch-0003/state.pt")), weights_only=True)
     assert (state["batch_size"], state["note"]) == (8, note)
     assert pd.read_parquet(out / "history.parquet")["note"].tolist()[-1] == note
+
+
+def rank_1_diverges_in_epoch_1(attempts: Path, hp, metrics: dict) -> None:
+    """An epoch hook: rank 1 of a two-worker trial diverges in epoch 1, while rank 0 goes on to
+    the report, a barrier that rank 1 never reaches; every call is a line `rank:epoch` of `attempts`."""
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    with open(attempts, "a") as file:
+        file.write(f"{rank}:{metrics['epoch']}\n")
+    if rank == 1:
+        raise FloatingPointError("training loss became nan in epoch 1 (lr 0.003): diverged")
+
+
+def test_a_rank_that_raises_ends_its_trial_without_leaving_the_others_waiting(ray_session, coats: Path,
+                                                                              tmp_path: Path) -> None:
+    from tests.search.test_multiworker import TWO_WORKERS
+
+    experiment = write_experiment(tmp_path, TWO_WORKERS.format(data=coats))
+    out, attempts = tmp_path / "out", tmp_path / "attempts.txt"
+    started = time.monotonic()
+    assert main([str(experiment), "--out", str(out)], on_epoch=functools.partial(rank_1_diverges_in_epoch_1,
+                                                                                 attempts)) == 0
+    assert time.monotonic() - started < 240  # not a hang: rank 0's wait ended with rank 1's error
+    report = pd.read_csv(out / "report.csv")
+    assert report["status"].tolist() == ["error"] and report["error"].iloc[0].endswith("diverged")
+    assert attempts.read_text().split().count("1:1") == 1
+    groups, actors = leftovers(ray_session)
+    assert groups == [] and actors == []
