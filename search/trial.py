@@ -5,11 +5,16 @@ whose workers run `train_worker`, a thin Ray wrapper around `trainables.loop.fit
 each epoch's report into `ray.train.report` with a checkpoint, and resumes from the last
 checkpoint when Ray restarts the job. Rank 0's metrics reach Tune through
 `TuneReportCallback`, the checkpoint's path with them.
+
+A failed run is retried by `run_trial`, not by Ray Train (which would retry every failure
+alike): from the last checkpoint after a dead worker, with half the batch size after an
+out-of-memory, never after an exception of the training code (`search.failures`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,11 +24,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from search.failures import Failure, classify
 from search.files import STATE_FILE
 from search.space import hparams
 from trainables.hparams import HParams
 
+logger = logging.getLogger(__name__)
 BEST_STATE_KEY = "best_objective"
+# Why a trial trains with another batch size than its config's (an out-of-memory retry): kept
+# in the checkpoint's loop state, so a resumed trial keeps it, and reported with every epoch.
+NOTE_KEY = "note"
+BATCH_SIZE_KEY = "batch_size"  # the batch size a checkpoint was trained with (`trainables.loop.fit`)
 KEEP_CHECKPOINTS = 2  # the best ones by the objective; Ray Train keeps the latest besides
 # Ray Train's record of a run's registered checkpoints, in the run's folder (Ray 2.60).
 CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -56,7 +67,7 @@ class TrialSettings:
     features: Any = None  # the search's `search.features.FeatureStore`, where frozen features are shared
     data_key: str = ""  # the data's fingerprint: part of what names shared features
     keep_checkpoints: int = KEEP_CHECKPOINTS
-    max_failures: int = 2
+    max_failures: int = 2  # retries after a dead worker or node (search/failures.py), each from the last checkpoint
     on_epoch: EpochHook | None = None
 
 
@@ -110,6 +121,22 @@ def _mark_if_full_disk(error: Exception, where: str, study_name: str, trial_id: 
                                      namespace=KV_NAMESPACE)
 
 
+def trial_batch(batch_size: int, state: dict[str, Any] | None, halve: bool) -> tuple[int, str]:
+    """The batch size an attempt trains with, and the note that says why it is not `batch_size`
+    (the config's), or "". A checkpoint's batch size and note win: a resumed trial keeps its
+    halved batch. `halve` (after an out-of-memory) halves it once: a checkpoint trained after
+    the halving (it holds the note) is not halved again.
+    """
+    note = ""
+    if state is not None:
+        batch_size, note = int(state.get(BATCH_SIZE_KEY, batch_size)), state.get(NOTE_KEY, "")
+    if halve and not note:
+        halved = max(1, batch_size // 2)
+        note = f"out of memory at batch_size {batch_size}: retried with {halved}"
+        batch_size = halved
+    return batch_size, note
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: load the cached arrays, resume if a checkpoint exists, run `fit`."""
     import ray.train
@@ -130,7 +157,10 @@ def train_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     register_placement_group(config["trial_id"])  # so the driver can free it (search/reaper.py)
-    extra = {"startup_s": time.time() - config["trial_started_at"]}
+    batch_size, note = trial_batch(config["hparams"].batch_size, state, config["halve_batch"])
+    hp = config["hparams"].replace(batch_size=batch_size)
+    # The note goes with every epoch, "" included: Tune's progress.csv keeps the first result's columns.
+    extra = {"startup_s": time.time() - config["trial_started_at"], NOTE_KEY: note, BATCH_SIZE_KEY: batch_size}
     objective, better = config["objective"], max if config["mode"] == "max" else min
     # Optuna is told a trial's best epoch, as the report ranks it, not its last (ASHA may stop
     # a trial just after a dip); kept in the checkpoint so a resumed trial remembers it.
@@ -138,10 +168,10 @@ def train_worker(config: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, float], run_state: dict[str, Any]) -> None:
         if config["on_epoch"] is not None:
-            config["on_epoch"](config["hparams"], metrics)
+            config["on_epoch"](hp, metrics)
         value = metrics[objective]
         best["value"] = value if best["value"] is None else better(best["value"], value)
-        run_state = {**run_state, BEST_STATE_KEY: best["value"]}
+        run_state = {**run_state, BEST_STATE_KEY: best["value"], NOTE_KEY: note}
         metrics = {**metrics, **extra, best_metric(objective): best["value"]}
         if rank != 0:  # report is a barrier: every rank calls it, only rank 0 saves
             ray.train.report(metrics)
@@ -162,17 +192,15 @@ def train_worker(config: dict[str, Any]) -> None:
         from search.features import sharing
 
         share = sharing(config["features"])
-    fit(config["hparams"], data, config["max_epochs"], report, state=state,
+    fit(hp, data, config["max_epochs"], report, state=state,
         device=ray.train.torch.get_device(), seed=config["seed"], rank=rank, world_size=world_size,
         prepare_model=ray.train.torch.prepare_model, share_features=share, data_key=config["data_key"] or None)
 
 
 def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """Tune function trainable: run this trial's Ray Train job to the end (or until stopped)."""
-    from ray import train, tune
+    from ray import tune
     from ray.experimental import internal_kv
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from search.reaper import KV_NAMESPACE
 
@@ -182,11 +210,49 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     internal_kv._internal_kv_del(full_disk_marker(settings.study_name, trial_id), namespace=KV_NAMESPACE)
     # Not asdict(): it would deep-copy the data's ObjectRef.
     loop_config = {**{f.name: getattr(settings, f.name) for f in fields(settings)},
-                   "hparams": hparams(config, settings.weights), "trial_started_at": time.time(), "trial_id": trial_id}
+                   "hparams": hparams(config, settings.weights), "trial_started_at": time.time(), "trial_id": trial_id,
+                   "halve_batch": False}
+    failures = 0
+    while True:
+        try:
+            _trainer(loop_config, settings, trial_id).fit()
+            return
+        except Exception as err:
+            kind = classify(err)
+            full_disk = internal_kv._internal_kv_exists(full_disk_marker(settings.study_name, trial_id),
+                                                        namespace=KV_NAMESPACE)
+            if full_disk or kind is Failure.ERROR:
+                raise  # the training code's own error: it would only happen again
+            if kind is Failure.OUT_OF_MEMORY:
+                if loop_config["halve_batch"]:
+                    raise TrialOutOfMemory("out of memory again after halving the batch size once: choose smaller "
+                                           "batch_size values in the experiment's Space, or give each worker more "
+                                           "memory") from err
+                loop_config["halve_batch"] = True
+            elif failures < settings.max_failures:
+                failures += 1
+            else:
+                raise
+            how = " with half the batch size" if kind is Failure.OUT_OF_MEMORY else ""
+            logger.warning("trial %s: %s (%s); retrying from its last checkpoint%s", trial_id, kind.value,
+                           (str(err).strip().splitlines() or [""])[-1], how)
+
+
+class TrialOutOfMemory(RuntimeError):
+    """A trial ran out of memory again with half its batch size."""
+
+
+def _trainer(loop_config: dict[str, Any], settings: TrialSettings, trial_id: str) -> Any:
+    """The trial's TorchTrainer; every attempt gets the same run name and storage, so it
+    resumes from the checkpoints the earlier attempts registered."""
+    from ray import train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     resources = {"CPU": settings.cpus_per_worker}
     if settings.gpus_per_worker:
         resources["GPU"] = settings.gpus_per_worker
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_worker,
         train_loop_config=loop_config,
         scaling_config=train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0,
@@ -198,7 +264,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             checkpoint_config=train.CheckpointConfig(
                 num_to_keep=settings.keep_checkpoints, checkpoint_score_attribute=settings.objective,
                 checkpoint_score_order=settings.mode),
-            failure_config=train.FailureConfig(max_failures=settings.max_failures),
+            # run_trial retries, by cause; Ray Train would retry a diverged loss as a dead worker.
+            failure_config=train.FailureConfig(max_failures=0),
         ),
     )
-    trainer.fit()

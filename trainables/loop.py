@@ -263,5 +263,6 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
                    "train_acc": correct / seen, "val_loss": val_loss, "val_acc": val_acc, "train_time_s": train_time_s}
         if features is not None:
             metrics.update(features_s=features_s, features_shared=int(shared))
-        report(metrics, checkpoint(model, optimizer, frozen, epoch=epoch, train_time_s=train_time_s, seed=seed))
+        report(metrics, checkpoint(model, optimizer, frozen, epoch=epoch, train_time_s=train_time_s, seed=seed,
+                                   batch_size=batch_size))
     return model

@@ -113,9 +113,11 @@ def _leaderboard(frame: pd.DataFrame, objective: str) -> pd.DataFrame:
         view[column] = shown[column].map(_fmt)
     for column in params:  # 3 digits: enough to tell trials apart, and the table fits a screen
         view[column.removeprefix("param.")] = shown[column].map(lambda v: _fmt(v, 3))
-    view["error"] = shown["error"].map(lambda e: e[:SHOWN_ERROR_CHARS] if isinstance(e, str) else None)
-    # Columns empty on every shown row (no recipes, no errors) only take room.
-    return view.drop(columns=[c for c in ("recipe", "error") if view[c].isna().all()]).map(_fmt)
+    for column in ("error", "note"):
+        view[column] = shown.get(column, pd.Series(None, index=shown.index)).map(
+            lambda e: e[:SHOWN_ERROR_CHARS] if isinstance(e, str) else None)
+    # Columns empty on every shown row (no recipes, no errors, no notes) only take room.
+    return view.drop(columns=[c for c in ("recipe", "error", "note") if view[c].isna().all()]).map(_fmt)
 
 
 def _constant_params(frame: pd.DataFrame) -> list[Block]:

@@ -22,7 +22,7 @@ from search.files import GRID_FILE, HISTORY_FILE, INPUTS_FILE, PREDICTIONS_FILE,
 
 # What each epoch's report keeps in history.parquet; Tune adds many more columns of its own.
 HISTORY_COLUMNS = ("epoch", "train_images", "train_loss", "train_acc", "val_loss", "val_acc", "train_time_s",
-                   "startup_s", "features_s", "features_shared", "checkpoint_path")
+                   "startup_s", "features_s", "features_shared", "note", "checkpoint_path")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from search.space import hparams
 from trainables.hparams import SEARCHED
 
 COLUMNS = ("trial_id", "trial_number", "recipe", "status", "epochs", "val_acc", "val_loss", "train_acc", "train_loss",
-           "train_time_s", "startup_s", "features_s", "features_shared", "error")
+           "train_time_s", "startup_s", "features_s", "features_shared", "error", "note")
 
 
 def _status(error: Any, epochs: int, max_epochs: int, unfinished: bool, budget_stopped: bool = False) -> str:
@@ -40,6 +40,15 @@ def recipe_index(config: dict[str, Any], points: list[dict[str, Any]]) -> int | 
     return None
 
 
+def trial_note(history: pd.DataFrame | None) -> str | None:
+    """What the trial's epochs say about how it ran (an out-of-memory retry with half the batch
+    size, `search.trial.trial_batch`): the latest note, or None."""
+    if history is None or "note" not in history:
+        return None
+    notes = [n for n in history["note"] if isinstance(n, str) and n]
+    return notes[-1] if notes else None
+
+
 def trial_row(trial_id: str, trial_number: int, config: dict[str, Any], history: pd.DataFrame, error: Any,
               objective: str, mode: str, max_epochs: int, points: list[dict[str, Any]],
               unfinished: bool = False, budget_stopped: bool = False) -> dict[str, Any]:
@@ -51,7 +60,7 @@ def trial_row(trial_id: str, trial_number: int, config: dict[str, Any], history:
     row: dict[str, Any] = {name: math.nan for name in COLUMNS}
     row.update(trial_id=trial_id, trial_number=trial_number, recipe=recipe_index(config, points), epochs=0,
                error=None if error is None else (str(error).strip().splitlines() or ["(no message)"])[-1][:500],
-               checkpoint_path=None)
+               note=trial_note(history), checkpoint_path=None)
     if history is not None and objective in history and history[objective].notna().any():
         # On ties the latest epoch wins: Ray Train keeps the latest checkpoint, not the first.
         best = history.dropna(subset=[objective]).sort_values(
@@ -122,6 +131,7 @@ def render(frame: pd.DataFrame) -> str:
     """A compact text table for the console."""
     shown = [c for c in ("trial_id", "trial_number", "recipe", "status", "epochs", "val_acc", "val_loss",
                          "train_time_s") if c in frame]
+    shown += [c for c in ("note",) if c in frame and frame[c].notna().any()]
     params = [c for c in frame.columns if c.startswith("param.") and frame[c].notna().any()]
     view = frame[shown + params].rename(columns=lambda c: c.removeprefix("param."))
     return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")

@@ -1,7 +1,9 @@
-"""A trial whose Ray Train worker is killed mid-run resumes from its last checkpoint."""
+"""Failures by cause: a trial whose Ray Train worker is killed mid-run resumes from its last
+checkpoint; one whose training raises ends at once; one out of memory goes on with half its batch."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -9,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from search.run import main
 from tests.conftest import leftovers, write_experiment
@@ -65,27 +68,35 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_session, coats: Path
     assert history["startup_s"].nunique() == 2  # a second worker started after the kill
 
 
-class InjectedFault(RuntimeError):
-    """The failure `fail_the_recipe_at_epoch_2` raises."""
+DIVERGED = "training loss became nan in epoch 2 (lr 0.02): diverged"
 
 
-def fail_the_recipe_at_epoch_2(hp, metrics: dict) -> None:
-    """An epoch hook handed to the search: the recipe trial (lr 0.02) raises when it reaches epoch 2."""
-    if hp.lr == 0.02 and metrics["epoch"] == 2:
-        raise InjectedFault("injected fault at epoch 2")
+def diverge_the_recipe_at_epoch_2(attempts: Path, hp, metrics: dict) -> None:
+    """An epoch hook handed to the search: the recipe trial (lr 0.02) diverges as `fit` says it
+    when it reaches epoch 2; every epoch it runs is a line of `attempts`."""
+    if hp.lr == 0.02:
+        with open(attempts, "a") as file:
+            file.write(f"{metrics['epoch']}\n")
+        if metrics["epoch"] == 2:
+            raise FloatingPointError(DIVERGED)
 
 
-def test_a_trial_that_raises_ends_as_error_and_the_search_goes_on(ray_session, coats: Path, tmp_path: Path) -> None:
+def test_a_trial_that_diverges_ends_as_error_at_once_and_the_search_goes_on(ray_session, coats: Path,
+                                                                            tmp_path: Path) -> None:
     from tests.conftest import tiny_body
 
     body = tiny_body(coats, trials=3, epochs=2) + 'recipes=({"lr": 0.02},),\n'
     experiment = write_experiment(tmp_path, body)
     out = tmp_path / "out"
-    assert main([str(experiment), "--out", str(out)], on_epoch=fail_the_recipe_at_epoch_2) == 0
+    attempts = tmp_path / "attempts.txt"
+    hook = functools.partial(diverge_the_recipe_at_epoch_2, attempts)
+    assert main([str(experiment), "--out", str(out)], on_epoch=hook) == 0
     report = pd.read_csv(out / "report.csv")
     assert len(report) == 3
     failed = report[report["recipe"] == 1].iloc[0]
-    assert failed["status"] == "error" and "injected fault at epoch 2" in failed["error"]
+    assert failed["status"] == "error" and failed["error"].endswith(DIVERGED), failed["error"]
+    # one attempt: a diverged loss is the training's own error, not retried from epoch 1's checkpoint
+    assert attempts.read_text().split() == ["1", "2"]
     # its first epoch is kept: the row holds what that epoch reported
     history = pd.read_parquet(out / "history.parquet")
     first = history[(history["trial_id"] == failed["trial_id"]) & (history["epoch"] == 1)].iloc[0]
@@ -94,5 +105,64 @@ def test_a_trial_that_raises_ends_as_error_and_the_search_goes_on(ray_session, c
     assert (others["status"] != "error").all() and others["epochs"].min() >= 1
     assert (out / "best" / "meta.json").is_file()
     # every attempt's workers were freed: Train's retries make a new placement group each
+    groups, actors = leftovers(ray_session)
+    assert groups == [] and actors == []
+
+
+OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total capacity)"
+
+
+def out_of_memory_at_epoch_2(hp, metrics: dict) -> None:
+    """An epoch hook: the GPU runs out of memory in epoch 2 while the batch is the config's (16)."""
+    if hp.batch_size == 16 and metrics["epoch"] == 2:
+        raise torch.OutOfMemoryError(OOM)
+
+
+def test_an_out_of_memory_is_retried_once_with_half_the_batch_and_noted(ray_session, coats: Path,
+                                                                       tmp_path: Path) -> None:
+    from tests.conftest import tiny_body
+
+    body = tiny_body(coats, trials=1, epochs=3).replace("grace_period_epochs=1", "grace_period_epochs=3")
+    experiment = write_experiment(tmp_path, body)
+    out = tmp_path / "out"
+    assert main([str(experiment), "--out", str(out)], on_epoch=out_of_memory_at_epoch_2) == 0
+    note = "out of memory at batch_size 16: retried with 8"
+    report = pd.read_csv(out / "report.csv")
+    assert report[["status", "epochs", "note", "param.batch_size"]].values.tolist() == [["completed", 3, note, 16]]
+    history = pd.read_json(next(out.glob("tune/run_trial_*/result.json")), lines=True)
+    # epoch 2 ran again from epoch 1's checkpoint, with half the batch, and every epoch after it is noted
+    assert history["epoch"].tolist()[-2:] == [2, 3] and 1 not in history["epoch"].tolist()[1:]
+    assert history["batch_size"].tolist()[-2:] == [8, 8] and history["note"].tolist()[-2:] == [note, note]
+    # the checkpoints after the retry keep the halved batch and its note: a resumed search goes on with them
+    state = torch.load(next(out.glob("train/*/epoch-0003/state.pt")), weights_only=True)
+    assert (state["batch_size"], state["note"]) == (8, note)
+    assert pd.read_parquet(out / "history.parquet")["note"].tolist()[-1] == note
+
+
+def rank_1_diverges_in_epoch_1(attempts: Path, hp, metrics: dict) -> None:
+    """An epoch hook: rank 1 of a two-worker trial diverges in epoch 1, while rank 0 goes on to
+    the report, a barrier that rank 1 never reaches; every call is a line `rank:epoch` of `attempts`."""
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    with open(attempts, "a") as file:
+        file.write(f"{rank}:{metrics['epoch']}\n")
+    if rank == 1:
+        raise FloatingPointError("training loss became nan in epoch 1 (lr 0.003): diverged")
+
+
+def test_a_rank_that_raises_ends_its_trial_without_leaving_the_others_waiting(ray_session, coats: Path,
+                                                                              tmp_path: Path) -> None:
+    from tests.search.test_multiworker import TWO_WORKERS
+
+    experiment = write_experiment(tmp_path, TWO_WORKERS.format(data=coats))
+    out, attempts = tmp_path / "out", tmp_path / "attempts.txt"
+    started = time.monotonic()
+    assert main([str(experiment), "--out", str(out)], on_epoch=functools.partial(rank_1_diverges_in_epoch_1,
+                                                                                 attempts)) == 0
+    assert time.monotonic() - started < 240  # not a hang: rank 0's wait ended with rank 1's error
+    report = pd.read_csv(out / "report.csv")
+    assert report["status"].tolist() == ["error"] and report["error"].iloc[0].endswith("diverged")
+    assert attempts.read_text().split().count("1:1") == 1
     groups, actors = leftovers(ray_session)
     assert groups == [] and actors == []
