@@ -28,12 +28,13 @@ from pathlib import Path
 import torch
 
 from bench.cases import FEATURES_ARCH, SHARING_ARCH, features_cases, sharing_cases, startup_cases
-from bench.cases_data import data_cases
+from bench.cases_data import data_cases, decode_cases
 from bench.cases_train import DEFAULT_ARCHS, train_cases, train_size_px
 from bench.inputs import generate
 from bench.measure import BATCH_SIZE, CPUS
 from bench.overhead import liar_cases, overhead_cases
 from bench.records import Record, add_ratios, table
+from search.data.photos import photo_folder
 from trainables.archs import ARCHS
 
 DESCRIPTION = "Benchmark our data and training path against the classic tutorials' naive one, side by side."
@@ -41,7 +42,8 @@ TIMED_BATCHES = {"quick": 5, "full": 50}  # per round
 ROUNDS = 3
 IMAGES = {"quick": 800, "full": 4000}
 SIZE_PX = {"quick": 96, "full": 299}
-CASES = ("data", "train", "features", "sharing", "startup", "overhead", "liar")
+CASES = ("data", "train", "features", "sharing", "startup", "overhead", "liar", "decode")
+PHOTOS = {"quick": 64, "full": 2000}  # the decode case's 2000x1500 JPEGs
 IN_ALL = ("data", "train", "features", "sharing")  # the others run searches (startup, overhead: Ray): asked by name
 SHARING = 4  # processes sharing the device: trials with gpus_per_worker=0.25
 SHARING_STEPS = 4  # x --batches steps per process: long enough that their start-up skew is noise
@@ -62,8 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"any of: data (cache, data epochs), train (training steps), features (frozen-feature "
                         f"cache), sharing (processes sharing the device), startup (trials' start under Ray), "
                         f"overhead (where a search's time goes: ours, a bare Ray trial, a plain Optuna loop), "
-                        f"liar (TPE's constant_liar for trials at once); "
+                        f"liar (TPE's constant_liar for trials at once), decode (photo-sized JPEGs: serial full "
+                        f"decoding against parallel reduced-size decoding); "
                         f"all: {', '.join(IN_ALL)} (default)")
+    parser.add_argument("--photos", type=int, help=f"2000x1500 JPEGs of the decode case (default {PHOTOS['full']}, "
+                        f"--quick {PHOTOS['quick']})")
     parser.add_argument("--archs", nargs="+", choices=tuple(ARCHS), default=list(DEFAULT_ARCHS), metavar="ARCH",
                         help=f"architectures of the train case, with random weights (default: "
                         f"{' '.join(DEFAULT_ARCHS)}; any of: {', '.join(ARCHS)})")
@@ -80,13 +85,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the generated images and caches")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    for name, defaults in (("images", IMAGES), ("size_px", SIZE_PX), ("batches", TIMED_BATCHES)):
+    for name, defaults in (("images", IMAGES), ("size_px", SIZE_PX), ("batches", TIMED_BATCHES), ("photos", PHOTOS)):
         if getattr(args, name) is None:
             setattr(args, name, defaults[mode])
     for flag, value, low in (("--images", args.images, 16), ("--size-px", args.size_px, 16),
                              ("--batches", args.batches, 1), ("--rounds", args.rounds, 1),
                              ("--batch-size", args.batch_size, 2), ("--sharing", args.sharing, 2),
-                             ("--startup-trials", args.startup_trials, 1)):
+                             ("--startup-trials", args.startup_trials, 1), ("--photos", args.photos, 1)):
         if value < low:
             parser.exit(2, f"error: {flag}: {value} is too small; at least {low}\n")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
 
     records: list[Record] = []
     try:
-        if set(cases) - {"sharing"}:  # sharing needs no images
+        if set(cases) - {"sharing", "decode"}:  # sharing needs no images, decode its own
             started = time.perf_counter()
             root = generate(work / "coats", args.images, args.size_px)
             print(f"  generated {args.images} JPEGs in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -137,6 +142,11 @@ def main(argv: list[str] | None = None) -> None:
             records += overhead_cases(root, args.quick, cache, work, device)
         if "liar" in cases:
             records += liar_cases(root, args.quick, cache)
+        if "decode" in cases:
+            started = time.perf_counter()
+            photos = photo_folder(work / "photos", classes=4, per_class=max(1, args.photos // 5))
+            print(f"  generated {args.photos} photo JPEGs in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+            records += decode_cases(photos, args.size_px, args.rounds)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

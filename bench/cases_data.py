@@ -10,7 +10,7 @@ import torch
 
 from bench.inputs import cached_batches, naive_batches, naive_loader
 from bench.measure import CPUS, VAL_FRACTION, Batches, Measure, interleaved, timed
-from bench.records import NAIVE, Record, record
+from bench.records import NAIVE, Record, record, vs_baseline
 from trainables import data
 
 
@@ -50,3 +50,27 @@ def data_cases(root: Path, size_px: int, device: torch.device, batch_size: int, 
     }
     common = {"arch": None, "device": device.type, "size_px": size_px, "batch_size": batch_size}
     return [record(case, results, **common) for case, results in interleaved(measures, rounds).items()]
+
+
+def decode_cases(photos: Path, size_px: int, rounds: int) -> list[Record]:
+    """Photo-sized JPEGs decoded to `size_px`: one file after another in full, as before
+    (the baseline), against reduced-size decoding, every core, and both (the cache build's way)."""
+    from trainables import parallel
+
+    paths = sorted(photos.rglob("*.jpg"))
+
+    def decoding(workers: int, reduced: bool) -> Measure:
+        return lambda _: timed(torch.device("cpu"), lambda: sum(
+            not isinstance(r, str) for r in parallel.decode_files(paths, size_px, workers=workers, reduced=reduced)))
+
+    cores = parallel.cores()
+    baseline = "decode: full, one file after another (before)"
+    measures: dict[str, Measure] = {
+        baseline: decoding(1, False),
+        "decode: reduced-size (draft), one process": decoding(1, True),
+        f"decode: full, {cores} processes": decoding(cores, False),
+        f"decode: reduced-size, {cores} processes (now)": decoding(cores, True),
+    }
+    common = {"arch": None, "device": "cpu", "size_px": size_px, "batch_size": None, "photos": len(paths)}
+    return vs_baseline([record(case, results, **common) for case, results in interleaved(measures, rounds).items()],
+                       baseline)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from search import disk, manifest
 from search.data.leakage import find_leakage
+from search.data.progress import DecodeProgress
 from search.data.report import data_report, leakage_warning
 from search.domains import parse_duration, parse_size
 from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMARY_FILE, TUNE_DIR
@@ -169,7 +170,7 @@ def _prepare(experiment: Experiment, args: argparse.Namespace, output: Output) -
     started = time.perf_counter()
     with disk.writing(_cache_dir(args)):
         cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed,
-                             _cache_dir(args))
+                             _cache_dir(args), progress=DecodeProgress())
     count, freed_bytes = data.evict(cache.path, cache_max_bytes)
     if count:
         print(f"Freed {count} least recently used decoded caches ({freed_bytes / 1e6:.1f} MB) in {cache.path.parent} "
