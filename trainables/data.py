@@ -109,7 +109,7 @@ def decode(path: Path, size_px: int, reduced: bool = True) -> np.ndarray:
         if img.width * img.height > MAX_PIXELS:
             raise ValueError(f"decompression bomb: {img.width}x{img.height} pixels, more than {MAX_PIXELS:,}")
         if reduced and img.format == "JPEG":
-            img.draft(img.mode if img.mode in ("RGB", "L") else None, (2 * size_px, 2 * size_px))
+            img.draft(None, (2 * size_px, 2 * size_px))  # scale only: the mode stays the decoder's
         img = ImageOps.exif_transpose(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             background = Image.new("RGB", img.size, (255, 255, 255))

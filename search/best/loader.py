@@ -57,7 +57,9 @@ class Predictor:
             rows.append(row)
         ok = [row for row in rows if row["error"] is None]
         if ok:
-            probs = torch.softmax(predict_logits(self.model, np.stack(images), self.device), dim=1).numpy()
+            logits = predict_logits(self.model, np.stack(images), self.device)
+            # Calibrated: the temperature fitted on the val split (exports without one: 1).
+            probs = torch.softmax(logits / float(self.meta.get("temperature", 1.0)), dim=1).numpy()
             for row, p in zip(ok, probs):
                 row["prediction"] = self.classes[int(p.argmax())]
                 row.update({name: float(v) for name, v in zip(self.classes, p)})

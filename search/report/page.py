@@ -144,6 +144,7 @@ def _test_blocks(run: StoredRun, plots_dir: Path) -> list[Block]:
         Picture(plots.confusion_heatmap(confusion, classes, plots_dir / "confusion_matrix.png"),
                 "Confusion matrix: rows are the true classes, columns the predictions."),
         Table(per_class.assign(support=per_class["support"].astype(int)).map(_fmt)),
+        *_calibration_blocks(run, plots_dir),
     ]
     if run.grid is not None and len(run.grid[0]):
         indices, images = run.grid
@@ -155,6 +156,19 @@ def _test_blocks(run: StoredRun, plots_dir: Path) -> list[Block]:
             "frame; up to half of those shown) and correct ones from every class, each with its true class, the "
             "prediction and the prediction's probability."))
     return blocks
+
+
+def _calibration_blocks(run: StoredRun, plots_dir: Path) -> list[Block]:
+    calibration = (run.best or {}).get("calibration")
+    if not calibration:
+        return []  # a run stored before calibration
+    return [Para(f"Probabilities are calibrated: the logits are divided by a temperature of "
+                 f"**{calibration['temperature']:.3g}**, fitted on the val split (in `best/meta.json`; "
+                 f"`load_best` and `search.predict` apply it). Expected calibration error on test/: "
+                 f"{calibration['test_ece_before']:.3f} before, **{calibration['test_ece_after']:.3f}** after."),
+            Picture(plots.reliability_diagram(calibration["reliability_before"], calibration["reliability_after"],
+                                              plots_dir / "reliability.png"),
+                    "Reliability on test/: accuracy against confidence, per bin, before and after the temperature.")]
 
 
 def _search_blocks(frame: pd.DataFrame, run: StoredRun, out: Path, plots_dir: Path,

@@ -197,6 +197,29 @@ def confusion_heatmap(confusion: np.ndarray, classes: list[str], path: Path) -> 
     return _save(fig, path)
 
 
+def reliability_diagram(before: list[dict], after: list[dict], path: Path) -> Path:
+    """Accuracy against confidence per bin, before and after temperature scaling: a calibrated
+    model's points lie on the diagonal; the bars count the test images in each bin (after)."""
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", label="perfectly calibrated")
+    for bins, label, color, marker in ((before, "before", "#ff7f0e", "s"), (after, "after (temperature)", "#1f77b4",
+                                                                            "o")):
+        shown = [b for b in bins if b["count"]]
+        ax.plot([b["confidence"] for b in shown], [b["accuracy"] for b in shown], marker=marker, color=color,
+                label=label)
+    counts = ax.twinx()
+    counts.bar([(b["low"] + b["high"]) / 2 for b in after], [b["count"] for b in after],
+               width=after[0]["high"] - after[0]["low"] if after else 0.1, color="#1f77b4", alpha=0.15)
+    counts.set_ylabel("test images (after)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
 def image_grid(images: np.ndarray, true: list[str], predicted: list[str], probability: list[float],
                path: Path) -> Path:
     """Test images titled with the true class, the prediction and its probability; mistakes

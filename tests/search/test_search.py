@@ -72,7 +72,10 @@ def test_best_model_is_exported_and_loads_in_one_line(asha_run, coats: Path) -> 
     assert meta["classes"] == ["blotches", "rosettes", "spots", "stripes"]
     assert meta["preprocess"]["resize"] == [32, 32] and len(meta["preprocess"]["mean"]) == 3
     assert meta["arch"] == "small_cnn" and meta["config"]["lr"] in (1e-2, 2e-2)
-    assert {"val_acc", "val_loss", "test_acc"} <= set(meta["metrics"])
+    assert {"val_acc", "val_loss", "test_acc", "test_ece", "test_ece_calibrated"} <= set(meta["metrics"])
+    assert 0.05 <= meta["temperature"] <= 20  # fitted on the val split
+    page = (out / "report.md").read_text()
+    assert f"temperature of **{meta['temperature']:.3g}**" in page and (out / "plots" / "reliability.png").is_file()
     images = sorted((coats / "test").rglob("*.jpg"))
     predictions = load_best(str(out)).predict(images)
     assert list(predictions.columns[:2]) == ["file", "prediction"]

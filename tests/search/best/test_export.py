@@ -28,6 +28,7 @@ HP = HParams(arch="small_cnn", cnn_width=8, cnn_depth=2, augment=0.0, optimizer=
       momentum=None, batch_size=16, dropout=0.0, weights="none", unfrozen_blocks=None,
       head_units=128)
 SIZE_PX = 32
+TEMPERATURE = 1.7  # as if fitted on a val split: every reader of the export must divide by it
 
 
 def make_export(out: Path, hp: HParams = HP, image_size_px: int = SIZE_PX, model: nn.Module | None = None,
@@ -36,7 +37,7 @@ def make_export(out: Path, hp: HParams = HP, image_size_px: int = SIZE_PX, model
     torch.manual_seed(0)
     model = model if model is not None else models.create_model(len(CLASSES), hp)
     export_best(out, {"model": model.state_dict(), "epoch": 1}, CLASSES, hp, {"val_acc": 0.5}, trial_id,
-                image_size_px)
+                image_size_px, temperature=TEMPERATURE)
     return model.eval()
 
 
@@ -59,11 +60,14 @@ def onnx_client(best: Path, paths: list[Path]) -> tuple[list[str], np.ndarray]:
     mean, std = np.float32(pre["mean"]), np.float32(pre["std"])
 
     def load(path: Path) -> np.ndarray:
-        image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+        image = Image.open(path)
+        image.draft(None, (2 * pre["resize"][0], 2 * pre["resize"][1]))  # a large JPEG decodes reduced, as here
+        image = ImageOps.exif_transpose(image).convert("RGB")
         pixels = np.asarray(image.resize(tuple(pre["resize"]), Image.Resampling.BILINEAR), dtype=np.float32)
         return ((pixels / 255 - mean) / std).transpose(2, 0, 1)  # HWC -> CHW
 
     logits = session.run([spec["output"]], {spec["input"]: np.stack([load(p) for p in paths])})[0]
+    logits = logits / meta["temperature"]  # calibrated probabilities
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     return [meta["classes"][i] for i in probs.argmax(axis=1)], probs
