@@ -23,6 +23,7 @@ from search.data.progress import DecodeProgress
 from search.data.report import data_report, leakage_warning
 from search.domains import parse_duration, parse_size
 from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMARY_FILE, TUNE_DIR
+from search.memory import check_fits
 from search.space import without_random_frozen_backbones
 from search.spec import Experiment, SpecError, load_experiment, replace
 from search.stop import GracefulStop
@@ -165,6 +166,7 @@ def _prepare(experiment: Experiment, args: argparse.Namespace, output: Output) -
     On --resume, refuse an experiment or data other than the ones OUT was started with."""
     cache_max_bytes = parse_size("--cache-max", args.cache_max)  # before decoding: a typo costs nothing
     folder = _data_folder(experiment)
+    check_fits(folder, experiment.image_size_px)  # before minutes of decoding, not after
     if not args.check:
         _check_weights(experiment)
     started = time.perf_counter()
