@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ray import tune
 
 from search.best import export
-from search.best.calibration import calibrate, softmax
+from search.best.calibration import calibrate, choose_tta, softmax
 from search.files import BEST_DIR, REPORT_HTML, STATE_FILE, STUDY_FILE
 from search.report import stored, table
 from search.report.page import build
@@ -86,19 +86,26 @@ def facts(experiment: Experiment, classes: tuple[str, ...], concurrency: int = 0
         search_wall_s=round(search_wall_s, 2), ended_by=ended_by)
 
 
-def _evaluate_on_test(model: torch.nn.Module, arrays: ArrayData) -> tuple[pd.DataFrame, float, dict[str, Any]]:
+def _evaluate_on_test(model: torch.nn.Module, arrays: ArrayData,
+                      tta: str) -> tuple[pd.DataFrame, float, dict[str, Any], dict[str, Any]]:
     """Every test image's prediction and calibrated probabilities, the test loss (test/ holds at
-    least two images per class: `trainables.data.prepare` checks) and the calibration: the
-    temperature fitted on the val split, and its effect on test."""
+    least two images per class: `trainables.data.prepare` checks), the calibration (the
+    temperature fitted on the val split, and its effect on test) and the test-time
+    augmentation chosen on the val split (`tta`: "auto" measures it, "none" does not)."""
     device = default_device()
     model = model.to(device)
-    logits = predict_logits(model, arrays.test.images, device)
+    val = predict_logits(model, arrays.val.images, device)
+    chosen: dict[str, Any] = {"mode": None}
+    if tta == "auto":
+        flipped = predict_logits(model, arrays.val.images, device, tta="flip")
+        chosen = choose_tta(val, flipped, arrays.val.labels)
+        val = flipped if chosen["mode"] else val
+    logits = predict_logits(model, arrays.test.images, device, tta=chosen["mode"])
     loss = F.cross_entropy(logits, torch.as_tensor(arrays.test.labels)).item()
-    calibrated = calibrate(predict_logits(model, arrays.val.images, device), arrays.val.labels, logits,
-                           arrays.test.labels)
+    calibrated = calibrate(val, arrays.val.labels, logits, arrays.test.labels)
     probabilities = softmax(logits, calibrated["temperature"])
     frame = table.predictions_frame(arrays.test.paths, arrays.test.labels, probabilities, arrays.classes)
-    return frame, loss, calibrated
+    return frame, loss, calibrated, chosen
 
 
 def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayData, output: Output,
@@ -143,19 +150,19 @@ def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment,
     # The checkpoint holds what training changed; the frozen backbone comes back from its weights file or seed.
     model = restore_model(len(arrays.classes), hp, state)
     # test/ is used once, here, for the chosen model only: it never steers the search.
-    predictions, test_loss, calibrated = _evaluate_on_test(model, arrays)
+    predictions, test_loss, calibrated, tta = _evaluate_on_test(model, arrays, experiment.test_time_augmentation)
     test_acc = float((predictions["true"] == predictions["predicted"]).mean())
     metrics.update(test_acc=test_acc, test_loss=test_loss, test_ece=calibrated["test_ece_before"],
                    test_ece_calibrated=calibrated["test_ece_after"])
     export.export_best(output.local, {"epoch": state["epoch"], "model": model.cpu().state_dict()}, arrays.classes,
                        hp, metrics, best["trial_id"], experiment.image_size_px,
-                       temperature=calibrated["temperature"])
+                       temperature=calibrated["temperature"], tta=tta)
     shown = table.grid_indices(predictions)
     run = stored.StoredRun(
         run.facts, run.trials, run.history, predictions=predictions, grid=(shown, arrays.test.images[shown]),
         best={"trial_id": best["trial_id"], "trial_number": int(best["trial_number"]), "epoch": int(state["epoch"]),
               "hparams": hp.to_dict(), "metrics": metrics, "test_images": len(predictions),
-              "calibration": calibrated})
+              "calibration": calibrated, "tta": tta})
     text = (f"\nBest trial {best['trial_id']} ({hp.arch}): val_acc {metrics['val_acc']:.3f}, "
             f"test_acc {test_acc:.3f} on {len(predictions)} test images.\n"
             f"Exported to {output.display(BEST_DIR)}. Use it: from search import load_best; "

@@ -34,7 +34,7 @@ from trainables.data import CACHE_VERSION, ArrayData
 State = Literal["running", "finished", "interrupted", "failed"]
 # What may differ between a search and its --resume: none changes what a trial computes.
 MAY_CHANGE = {"data", "generate", "concurrency", "resources", "budget.trials", "budget.time",
-              "budget.stop_when_stalled"}
+              "budget.stop_when_stalled", "test_time_augmentation"}
 
 
 @contextmanager

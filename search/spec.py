@@ -184,6 +184,9 @@ class Experiment:
     concurrency: int | None = None  # trials at once; None: as many as the cluster fits
     resources: Resources = dataclasses.field(default_factory=Resources)
     seed: int = 0  # Optuna's sampler and NumPy take seeds in [0, 2**32 - 1]
+    # At export: "auto" measures test-time augmentation (the mean of an image's and its mirror's
+    # logits) on the val split and keeps it only when it lowers the val loss; "none" never.
+    test_time_augmentation: Literal["auto", "none"] = "auto"
 
     def __post_init__(self) -> None:
         require("Experiment.name", self.name, bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name)),

@@ -76,10 +76,16 @@ def _outputs(module: nn.Module, images: np.ndarray, device: torch.device, streng
 
 
 def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device,
-                   batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits for uint8 images [N, H, W, 3], in eval mode, on the CPU as float32."""
+                   batch_size: int = EVAL_BATCH, tta: str | None = None) -> torch.Tensor:
+    """Logits for uint8 images [N, H, W, 3], in eval mode, on the CPU as float32; with
+    `tta="flip"` the mean of each image's logits and its left-right mirror's."""
     outputs = [logits.float().cpu() for logits in _outputs(model, images, device, batch_size=batch_size)]
-    return torch.cat(outputs) if outputs else torch.zeros(0)
+    logits = torch.cat(outputs) if outputs else torch.zeros(0)
+    if tta == "flip" and len(images):
+        return (logits + predict_logits(model, np.ascontiguousarray(images[:, :, ::-1]), device, batch_size)) / 2
+    if tta not in (None, "flip"):
+        raise ValueError(f"test-time augmentation {tta!r}: only 'flip' (or None) is known")
+    return logits
 
 
 def _loss_and_accuracy(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:

@@ -1,4 +1,6 @@
-"""Calibrated probabilities: temperature scaling (Guo et al., 2017) fitted on the validation
+"""Calibrated probabilities and test-time augmentation, decided after the search.
+
+Temperature scaling (Guo et al., 2017) fitted on the validation
 split after the search, and how well probabilities match accuracy (expected calibration
 error, reliability bins) measured on test/.
 
@@ -76,3 +78,15 @@ def calibrate(val_logits: torch.Tensor, val_labels: np.ndarray, test_logits: tor
             "test_ece_after": expected_calibration_error(after, test_labels),
             "reliability_before": reliability(before, test_labels),
             "reliability_after": reliability(after, test_labels)}
+
+
+def choose_tta(plain: torch.Tensor, flipped: torch.Tensor, labels: np.ndarray) -> dict[str, Any]:
+    """Whether test-time augmentation by mirroring helps: `flipped` (the mean of each val image's
+    and its mirror's logits) is kept only when its val loss is lower than `plain`'s."""
+    targets = torch.as_tensor(labels, dtype=torch.long)
+    measured = {}
+    for name, logits in (("plain", plain), ("flip", flipped)):
+        measured[f"val_loss_{name}"] = float(F.cross_entropy(logits.float(), targets))
+        measured[f"val_acc_{name}"] = float((logits.argmax(1) == targets).float().mean())
+    helps = measured["val_loss_flip"] < measured["val_loss_plain"]
+    return {"mode": "flip" if helps else None, **measured}

@@ -75,14 +75,16 @@ def meta_sha256(meta: dict[str, Any]) -> str:
 
 
 def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: HParams,
-                metrics: dict[str, Any], trial_id: str, image_size_px: int, temperature: float = 1.0) -> Path:
+                metrics: dict[str, Any], trial_id: str, image_size_px: int, temperature: float = 1.0,
+                tta: dict[str, Any] | None = None) -> Path:
     """Write `out/best/` from `state`: the whole model's state dict ("model", every weight, as
     `trainables.state.restore_model` rebuilds it from a checkpoint) and its "epoch"; replaces an
     earlier export atomically.
 
     model.pt always lands; model.onnx only when the model exports, else meta.json's "onnx"
     says why. `temperature` (fitted on the val split, `search.best.calibration`) divides the
-    logits before the softmax for calibrated probabilities.
+    logits before the softmax for calibrated probabilities; `tta` says whether the logits are
+    the mean of the image's and its mirror's ("mode": "flip") and what that was measured to give.
     """
     meta = {
         "classes": list(classes),
@@ -93,6 +95,7 @@ def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: 
         "epoch": state["epoch"],
         "output": "logits",
         "temperature": temperature,
+        "tta": tta or {"mode": None},
         "preprocess": {"resize": [image_size_px, image_size_px], "mean": list(MEAN), "std": list(STD),
                        "layout": "NCHW, RGB, values scaled to [0, 1] before mean/std"},
         "versions": _versions(),

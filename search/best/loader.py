@@ -57,7 +57,8 @@ class Predictor:
             rows.append(row)
         ok = [row for row in rows if row["error"] is None]
         if ok:
-            logits = predict_logits(self.model, np.stack(images), self.device)
+            tta = (self.meta.get("tta") or {}).get("mode")  # mirrored too, when the export measured it helps
+            logits = predict_logits(self.model, np.stack(images), self.device, tta=tta)
             # Calibrated: the temperature fitted on the val split (exports without one: 1).
             probs = torch.softmax(logits / float(self.meta.get("temperature", 1.0)), dim=1).numpy()
             for row, p in zip(ok, probs):

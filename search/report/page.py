@@ -165,10 +165,19 @@ def _calibration_blocks(run: StoredRun, plots_dir: Path) -> list[Block]:
     return [Para(f"Probabilities are calibrated: the logits are divided by a temperature of "
                  f"**{calibration['temperature']:.3g}**, fitted on the val split (in `best/meta.json`; "
                  f"`load_best` and `search.predict` apply it). Expected calibration error on test/: "
-                 f"{calibration['test_ece_before']:.3f} before, **{calibration['test_ece_after']:.3f}** after."),
+                 f"{calibration['test_ece_before']:.3f} before, **{calibration['test_ece_after']:.3f}** after."
+                 + _tta_text((run.best or {}).get("tta"))),
             Picture(plots.reliability_diagram(calibration["reliability_before"], calibration["reliability_after"],
                                               plots_dir / "reliability.png"),
                     "Reliability on test/: accuracy against confidence, per bin, before and after the temperature.")]
+
+
+def _tta_text(tta: dict[str, Any] | None) -> str:
+    if not tta or "val_loss_plain" not in tta:
+        return ""
+    verdict = "kept: predictions average each image with its mirror" if tta["mode"] else "not kept"
+    return (f" Test-time augmentation by mirroring: val loss {tta['val_loss_plain']:.4g} without, "
+            f"{tta['val_loss_flip']:.4g} with; {verdict}.")
 
 
 def _search_blocks(frame: pd.DataFrame, run: StoredRun, out: Path, plots_dir: Path,

@@ -74,6 +74,8 @@ def test_best_model_is_exported_and_loads_in_one_line(asha_run, coats: Path) -> 
     assert meta["arch"] == "small_cnn" and meta["config"]["lr"] in (1e-2, 2e-2)
     assert {"val_acc", "val_loss", "test_acc", "test_ece", "test_ece_calibrated"} <= set(meta["metrics"])
     assert 0.05 <= meta["temperature"] <= 20  # fitted on the val split
+    assert meta["tta"]["mode"] in (None, "flip") and (meta["tta"]["mode"] == "flip") == (
+        meta["tta"]["val_loss_flip"] < meta["tta"]["val_loss_plain"])
     page = (out / "report.md").read_text()
     assert f"temperature of **{meta['temperature']:.3g}**" in page and (out / "plots" / "reliability.png").is_file()
     images = sorted((coats / "test").rglob("*.jpg"))

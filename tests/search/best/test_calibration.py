@@ -48,13 +48,35 @@ def test_too_little_to_fit_on_keeps_the_logits_as_they_are() -> None:
     assert calibration.fit_temperature(torch.zeros(1, 3), np.array([0])) == 1.0
 
 
-def test_load_best_divides_the_logits_by_the_exported_temperature(tmp_path: Path) -> None:
+def test_load_best_mirrors_and_divides_the_logits_as_the_export_says(tmp_path: Path) -> None:
     model = make_export(tmp_path)
     paths = write_images(tmp_path / "images")
     table = load_best(tmp_path).predict(paths)
     ok = table[table["error"].isna()]
     images = np.stack([decode(Path(p), 32) for p in ok["file"]])
-    expected = torch.softmax(predict_logits(model, images, torch.device("cpu")) / TEMPERATURE, 1).numpy()
+    cpu = torch.device("cpu")
+    expected = torch.softmax(predict_logits(model, images, cpu, tta="flip") / TEMPERATURE, 1).numpy()
     assert np.allclose(ok[list(CLASSES)].to_numpy(), expected, atol=1e-5)
-    plain = torch.softmax(predict_logits(model, images, torch.device("cpu")), 1).numpy()
-    assert not np.allclose(plain, expected, atol=1e-3)  # the temperature made a difference
+    plain = torch.softmax(predict_logits(model, images, cpu), 1).numpy()
+    assert not np.allclose(plain, expected, atol=1e-3)  # the temperature and the mirror made a difference
+
+
+def test_flip_tta_is_the_mean_of_the_image_and_its_mirror() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 6, 3))
+    images = np.random.default_rng(0).integers(0, 256, (5, 4, 6, 3), dtype=np.uint8)
+    cpu = torch.device("cpu")
+    mirrored = predict_logits(model, np.ascontiguousarray(images[:, :, ::-1]), cpu)
+    both = predict_logits(model, images, cpu, tta="flip")
+    assert torch.allclose(both, (predict_logits(model, images, cpu) + mirrored) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="only 'flip'"):
+        predict_logits(model, images, cpu, tta="rotate")
+
+
+def test_tta_is_kept_only_when_it_lowers_the_val_loss() -> None:
+    labels = np.array([0, 1, 0, 1])
+    sure = torch.tensor([[2.0, -2.0], [-2.0, 2.0], [2.0, -2.0], [-2.0, 2.0]])
+    unsure = sure / 4
+    assert calibration.choose_tta(unsure, sure, labels)["mode"] == "flip"
+    kept = calibration.choose_tta(sure, unsure, labels)
+    assert kept["mode"] is None and kept["val_loss_plain"] < kept["val_loss_flip"] and kept["val_acc_flip"] == 1.0

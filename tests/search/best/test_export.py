@@ -37,7 +37,7 @@ def make_export(out: Path, hp: HParams = HP, image_size_px: int = SIZE_PX, model
     torch.manual_seed(0)
     model = model if model is not None else models.create_model(len(CLASSES), hp)
     export_best(out, {"model": model.state_dict(), "epoch": 1}, CLASSES, hp, {"val_acc": 0.5}, trial_id,
-                image_size_px, temperature=TEMPERATURE)
+                image_size_px, temperature=TEMPERATURE, tta={"mode": "flip"})
     return model.eval()
 
 
@@ -67,6 +67,9 @@ def onnx_client(best: Path, paths: list[Path]) -> tuple[list[str], np.ndarray]:
         return ((pixels / 255 - mean) / std).transpose(2, 0, 1)  # HWC -> CHW
 
     logits = session.run([spec["output"]], {spec["input"]: np.stack([load(p) for p in paths])})[0]
+    if meta["tta"]["mode"] == "flip":  # the mean of the image's logits and its mirror's
+        mirrored = np.stack([load(p)[:, :, ::-1] for p in paths])
+        logits = (logits + session.run([spec["output"]], {spec["input"]: mirrored})[0]) / 2
     logits = logits / meta["temperature"]  # calibrated probabilities
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
