@@ -69,6 +69,15 @@ def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: 
                    mode=experiment.mode, budget_s=budget.time)
     trainable = tuning.trainable(experiment, output, arrays, the_plan, on_epoch, data_key)
     bind(tuning.study_url(output.local), rule)  # the study of this OUT, wherever it was when the search began
+    try:
+        return _rounds(experiment, output, the_plan, trainable, rule, resume, stopped, warm_start)
+    finally:
+        bind(None)  # this search's rule ends with it (a process may run another search after it)
+
+
+def _rounds(experiment: Experiment, output: Output, the_plan: tuning.Plan, trainable: tune.Trainable,
+            rule: EndRule, resume: bool, stopped: Callable[[], bool], warm_start: Path | None) -> Outcome:
+    budget = experiment.budget
     outcome = Outcome()
     if resume:
         # A trial the study finished just before a kill returns at once when restored, reporting

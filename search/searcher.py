@@ -38,7 +38,7 @@ _end_rule: EndRule | None = None
 TUNE_TRIAL_ID = "tune_trial_id"
 
 
-def bind(study_url: str, end_rule: EndRule | None = None) -> None:
+def bind(study_url: str | None, end_rule: EndRule | None = None) -> None:
     """The study of the search about to run or be restored (its OUT may have moved since), and
     the rule that ends it early (pickled searchers come back without it: it is this run's)."""
     global _study_url, _end_rule
