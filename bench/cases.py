@@ -67,12 +67,14 @@ def stand_in_imagenet_weights(arrays: data.ArrayData, hp: HParams, device: torch
     target = folder / "hub" / "checkpoints" / ARCHS[hp.arch].weights_file
     target.parent.mkdir(parents=True)
     torch.save(state, target)
-    previous = torch.hub.get_dir()
+    # torch.hub keeps a folder once set: restoring get_dir()'s answer would pin today's
+    # TORCH_HOME for good; restoring "unset" lets TORCH_HOME decide again.
+    previous = torch.hub._hub_dir
     torch.hub.set_dir(str(folder / "hub"))
     try:
         yield
     finally:
-        torch.hub.set_dir(previous)
+        torch.hub._hub_dir = previous
 
 
 def features_cases(root: Path, size_px: int, device: torch.device, batch_size: int, cache_dir: Path,

@@ -140,7 +140,7 @@ def _new_round(experiment: Experiment, output: Output, the_plan: tuning.Plan, tr
 def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output,
          rule: EndRule) -> tuple[tune.ResultGrid, DiskFull | None]:
     disk_full = tuning.StopWhenDiskFull(experiment, output)
-    if tuner._local_tuner is not None:  # None under Ray Client, where the search runs on the cluster
+    if getattr(tuner, "_local_tuner", None) is not None:  # none under Ray Client: the search runs on the cluster
         # Set after the Tuner saved its settings (tuner.pkl), so never restored from them: on a
         # --resume they must act on this run's OUT and budget (Tuner.restore takes neither).
         run_config = tuner._local_tuner.get_run_config()

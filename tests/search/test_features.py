@@ -108,7 +108,8 @@ def test_a_search_of_frozen_trials_runs_the_backbone_once(coats: Path, tmp_path:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = pd.read_csv(tmp_path / "out" / "report.csv")
     assert len(report) == 4 and report["features_s"].notna().all()
+    # one trial ran the backbone; the others took its features (a trial that started while it
+    # ran waited for them: its features_s is that wait)
     assert report["features_shared"].tolist().count(0) == 1, report[["trial_id", "features_s", "features_shared"]]
-    computed = report.loc[report["features_shared"] == 0, "features_s"].iloc[0]
-    assert (report.loc[report["features_shared"] == 1, "features_s"] < computed).all()
+    assert "computed by 1 trial(s)" in (tmp_path / "out" / "report.md").read_text()
     assert "reused by 3" in (tmp_path / "out" / "report.md").read_text()
