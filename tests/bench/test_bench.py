@@ -86,7 +86,8 @@ def test_all_means_every_case_but_the_searches_and_cases_combine() -> None:
     assert cli.parse_args([]).cases == ["data", "train", "features", "sharing"]
     assert cli.parse_args(["--cases", "startup", "features"]).cases == ["features", "startup"]
     assert cli.parse_args(["--cases", "all", "startup"]).cases == [*cli.IN_ALL, "startup"]
-    assert cli.parse_args(["--cases", "all", "startup", "overhead", "liar"]).cases == list(cli.CASES)
+    assert cli.parse_args(["--cases", "all", "startup", "overhead", "liar", "decode"]).cases == list(cli.CASES)
+    assert cli.parse_args(["--quick", "--cases", "decode"]).photos == cli.PHOTOS["quick"]
     assert cli.parse_args(["--quick", "--cases", "overhead"]).cases == ["overhead"]
 
 
