@@ -102,3 +102,15 @@ def test_a_non_empty_work_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         cli.parse_args(["--work", str(tmp_path)])
     assert (tmp_path / "mine.txt").exists()
+
+
+def test_the_decode_case_sets_the_parallel_reduced_decode_against_the_serial_full_one(tmp_path: Path) -> None:
+    from bench.cases_data import decode_cases
+    from search.data.photos import photo_folder
+
+    photos = photo_folder(tmp_path / "photos", classes=2, per_class=4, width=600, height=450)
+    records = decode_cases(photos, 64, rounds=1)
+    assert [r["case"].split(":")[0] for r in records] == ["decode"] * 4
+    assert records[0]["case"].endswith("(before)") and records[-1]["case"].endswith("(now)")
+    assert all(r["images"] == 12 and r["photos"] == 12 for r in records)
+    assert records[0]["ratio_vs_baseline"] == 1.0 and all(r["ratio_vs_baseline"] > 0 for r in records)
