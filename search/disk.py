@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.files import BEST_DIR, RAY_DIRS, REPORT_HTML, STATE_FILE, TRAIN_DIR
+from search.files import BEST_DIR, REPORT_HTML, STATE_FILE, TRAIN_DIR, is_ray_dir
 from search.spec import Experiment
 from search.storage import Output
 from search.trial import KEEP_CHECKPOINTS
@@ -135,7 +135,7 @@ def _files(folder: Path) -> dict[Path, int]:
     entries (the lock, staging folders: their writers clean up after themselves)."""
     found = {}
     for entry in folder.iterdir() if folder.is_dir() else ():
-        if entry.name.startswith(".") or entry.name in RAY_DIRS:
+        if entry.name.startswith(".") or is_ray_dir(entry.name):
             continue
         for path in (entry, *entry.rglob("*")) if entry.is_dir() else (entry,):
             if path.is_file() and not path.name.startswith("."):

@@ -32,6 +32,18 @@ TUNE_DIR = "tune"
 TRAIN_DIR = "train"
 # Written by Ray straight to the destination (a URI on a cluster), never through the local folder.
 RAY_DIRS = (TUNE_DIR, TRAIN_DIR)
+
+
+def round_dir(number: int) -> str:
+    """The folder of a search's `number`th Tune run: OUT/tune, then OUT/tune-2, ... (`search.rounds`)."""
+    return TUNE_DIR if number == 1 else f"{TUNE_DIR}-{number}"
+
+
+def is_ray_dir(name: str) -> bool:
+    """Whether an entry of OUT is one of Ray's folders (`RAY_DIRS`, or a later round's Tune folder)."""
+    return name in RAY_DIRS or (name.startswith(f"{TUNE_DIR}-") and name[len(TUNE_DIR) + 1:].isdigit())
+
+
 STATE_FILE = "state.pt"  # inside each checkpoint folder
 REPORT_CSV = "report.csv"
 REPORT_PARQUET = "report.parquet"

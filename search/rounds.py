@@ -19,7 +19,7 @@ from ray import tune
 from search import tuning
 from search.disk import DiskFull
 from search.ending import BudgetStopper, EndRule
-from search.files import TUNE_DIR
+from search.files import round_dir
 from search.reaper import PlacementGroupReaper
 from search.searcher import bind, finished_values, load
 from search.spec import Experiment
@@ -28,11 +28,6 @@ from search.trial import EpochHook
 from trainables.data import ArrayData
 
 MAX_ROUNDS = 1000
-
-
-def round_dir(number: int) -> str:
-    """The folder of a search's `number`th Tune run: OUT/tune, then OUT/tune-2, ..."""
-    return TUNE_DIR if number == 1 else f"{TUNE_DIR}-{number}"
 
 
 def rounds_in(output: Output) -> list[str]:

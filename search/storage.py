@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from search.files import RAY_DIRS, TRAIN_DIR
+from search.files import TRAIN_DIR, is_ray_dir
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Output:
             return
         self.filesystem.create_dir(self.path, recursive=True)
         for entry in sorted(self.local.iterdir()):
-            if entry.name in RAY_DIRS or entry.name.startswith("."):
+            if is_ray_dir(entry.name) or entry.name.startswith("."):
                 continue
             target = f"{self.path}/{entry.name}"
             if entry.is_dir():
@@ -97,7 +97,7 @@ class Output:
         if not self.remote:
             return
         for info in self.filesystem.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
-            if info.base_name in RAY_DIRS:
+            if is_ray_dir(info.base_name):
                 continue
             if info.type == pafs.FileType.Directory:
                 self.fetch(info.base_name)

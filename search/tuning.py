@@ -178,7 +178,6 @@ def end_unfinished_trials(experiment: Experiment, output: Output) -> int:
 
 def trials_run(experiment: Experiment, output: Output) -> int:
     """How many trials the search has run (or started), in all its rounds."""
-
     return len(search_trials(load(study_url(output.local), experiment.name)))
 
 

@@ -265,3 +265,11 @@ def test_an_extension_killed_midway_resumes_to_one_study_of_all_trials(coats: Pa
     assert sorted(t.user_attrs[TUNE_TRIAL_ID] for t in study.trials) == sorted(report["trial_id"])
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert not (out / "tune-3").exists()
+
+
+def test_every_round_folder_is_rays_and_nothing_else_is() -> None:
+    from search.files import is_ray_dir, round_dir
+
+    assert [round_dir(n) for n in (1, 2, 10)] == ["tune", "tune-2", "tune-10"]
+    assert all(is_ray_dir(name) for name in ("tune", "train", "tune-2", "tune-10"))
+    assert not any(is_ray_dir(name) for name in ("tune-x", "tune-", "tuner", "best", "report.csv"))

@@ -25,11 +25,13 @@ def test_a_remote_output_round_trips_the_drivers_files(s3_server, tmp_path: Path
     (out.local / "report.csv").write_text("a,b\n1,2\n")
     (out.local / "best").mkdir()
     (out.local / "best" / "meta.json").write_text("{}")
-    (out.local / "tune").mkdir()  # Ray's folders are Ray's: never uploaded from here
-    (out.local / "tune" / "x").write_text("x")
+    for ray_dir in ("tune", "tune-2"):  # Ray's folders (an extension's round too) are Ray's: never uploaded
+        (out.local / ray_dir).mkdir()
+        (out.local / ray_dir / "x").write_text("x")
     out.filesystem.create_dir("bucket-a")
     out.upload()
-    assert out.exists("report.csv") and out.exists("best", "meta.json") and not out.exists("tune")
+    assert out.exists("report.csv") and out.exists("best", "meta.json")
+    assert not out.exists("tune") and not out.exists("tune-2")
 
     elsewhere = Output(uri=out.uri, filesystem=out.filesystem, path=out.path, local=tmp_path / "other")
     elsewhere.local.mkdir()
