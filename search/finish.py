@@ -24,7 +24,7 @@ from search.space import hparams, recipe_points
 from search.spec import Experiment
 from search.storage import Output, load_state
 from trainables.data import ArrayData
-from trainables.loop import default_device, predict_logits
+from trainables.loop import default_device, predict_logits, with_mirror
 from trainables.state import restore_model
 
 
@@ -97,7 +97,7 @@ def _evaluate_on_test(model: torch.nn.Module, arrays: ArrayData,
     val = predict_logits(model, arrays.val.images, device)
     chosen: dict[str, Any] = {"mode": None}
     if tta == "auto":
-        flipped = predict_logits(model, arrays.val.images, device, tta="flip")
+        flipped = with_mirror(model, arrays.val.images, device, val)  # the plain logits are computed once
         chosen = choose_tta(val, flipped, arrays.val.labels)
         val = flipped if chosen["mode"] else val
     logits = predict_logits(model, arrays.test.images, device, tta=chosen["mode"])

@@ -81,11 +81,17 @@ def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device,
     `tta="flip"` the mean of each image's logits and its left-right mirror's."""
     outputs = [logits.float().cpu() for logits in _outputs(model, images, device, batch_size=batch_size)]
     logits = torch.cat(outputs) if outputs else torch.zeros(0)
-    if tta == "flip" and len(images):
-        return (logits + predict_logits(model, np.ascontiguousarray(images[:, :, ::-1]), device, batch_size)) / 2
     if tta not in (None, "flip"):
         raise ValueError(f"test-time augmentation {tta!r}: only 'flip' (or None) is known")
-    return logits
+    return with_mirror(model, images, device, logits, batch_size) if tta == "flip" else logits
+
+
+def with_mirror(model: nn.Module, images: np.ndarray, device: torch.device, logits: torch.Tensor,
+                batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """The mean of `logits` (the images' own, already computed) and their left-right mirrors' logits."""
+    if not len(images):
+        return logits
+    return (logits + predict_logits(model, np.ascontiguousarray(images[:, :, ::-1]), device, batch_size)) / 2
 
 
 def _loss_and_accuracy(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
