@@ -273,3 +273,19 @@ def test_every_round_folder_is_rays_and_nothing_else_is() -> None:
     assert [round_dir(n) for n in (1, 2, 10)] == ["tune", "tune-2", "tune-10"]
     assert all(is_ray_dir(name) for name in ("tune", "train", "tune-2", "tune-10"))
     assert not any(is_ray_dir(name) for name in ("tune-x", "tune-", "tuner", "best", "report.csv"))
+
+
+@pytest.mark.parametrize("options, fragments", [
+    (["--warm-start", "nowhere"], ["--warm-start: 'nowhere'", "the folder of an earlier search"]),
+    (["--warm-start", ".", "--resume"], ["--warm-start: '.'", "a new search's option"]),
+    (["--stop-when-stalled", "0"], ["Budget.stop_when_stalled: 0", "must be >= 1"]),
+    (["--time-budget", "soon"], ["--time-budget: 'soon'", "a duration such as 90s"]),
+])
+def test_bad_growth_options_are_one_line_exit_2(coats: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                options: list[str], fragments: list[str]) -> None:
+    experiment = tiny_experiment(tmp_path, coats)
+    assert main([str(experiment), "--out", str(tmp_path / "out"), *options]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "\n" not in error
+    for fragment in fragments:
+        assert fragment in error, error
