@@ -28,7 +28,7 @@ from torch import nn
 from bench.measure import CPUS, HP, VAL_FRACTION, Measure, fixed_batch, interleaved, timed, train_measure
 from bench.records import Record, record, vs_baseline
 from search import run
-from search.cluster import RAY_JOB_ENV
+from search.cluster import LOCAL_RAY_ENV
 from search.data.generated import CLASSES
 from search.spec import Budget, Experiment, LogUniform, Resources, Space
 from trainables import data
@@ -208,7 +208,7 @@ def startup_cases(root: Path, device: torch.device, trials: int, cache_dir: Path
     with contextlib.redirect_stdout(sys.stderr):  # Ray's and Tune's messages; stdout is the table
         started = time.perf_counter()
         ray.init(address="local", num_cpus=at_once, include_dashboard=False, configure_logging=False,
-                 log_to_driver=False, runtime_env={"env_vars": RAY_JOB_ENV})
+                 log_to_driver=False, runtime_env={"env_vars": LOCAL_RAY_ENV})
         ray_start_s = time.perf_counter() - started
         try:
             started = time.perf_counter()

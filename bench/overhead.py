@@ -29,7 +29,7 @@ import torch
 from bench.measure import CPUS
 from bench.records import Record
 from search import run
-from search.cluster import RAY_JOB_ENV
+from search.cluster import LOCAL_RAY_ENV
 from search.space import hparams, recipe_points, space_function, without_random_frozen_backbones
 from search.spec import Budget, Experiment, load_experiment
 from trainables import data
@@ -87,7 +87,7 @@ def run_search(experiment: Experiment, folder: Path, cache_dir: Path) -> tuple[P
     file.write_text(f"from search.spec import *\n\nexperiment = {experiment!r}\n")
     with contextlib.redirect_stdout(sys.stderr):
         ray.init(address="local", num_cpus=CPUS, include_dashboard=False, configure_logging=False,
-                 log_to_driver=False, runtime_env={"env_vars": RAY_JOB_ENV})
+                 log_to_driver=False, runtime_env={"env_vars": LOCAL_RAY_ENV})
         try:
             from search.tuning import resolve
 

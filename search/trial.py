@@ -150,6 +150,9 @@ def train_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":  # as TorchTrainer does; a one-worker trial runs without it (_trainer_class)
+        torch.cuda.set_device(device)
     data = ray.get(config["data"])
     state = None
     checkpoint = ray.train.get_checkpoint()
@@ -193,7 +196,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
         share = sharing(config["features"])
     fit(hp, data, config["max_epochs"], report, state=state,
-        device=ray.train.torch.get_device(), seed=config["seed"], rank=rank, world_size=world_size,
+        device=device, seed=config["seed"], rank=rank, world_size=world_size,
         prepare_model=ray.train.torch.prepare_model, share_features=share, data_key=config["data_key"] or None)
 
 
@@ -238,21 +241,56 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
                            (str(err).strip().splitlines() or [""])[-1], how)
 
 
+# Train V2's default callbacks that start a process of their own for every run and that a
+# trial of ours does not need: the placement-group cleaner (a detached actor that polls the
+# dashboard's State API; search/reaper.py frees a stopped trial's group instead, with or
+# without the dashboard) and the datasets callback (a DatasetManager actor, though a trial
+# passes no Ray Dataset). On 2 cores each such process costs a trial ~1 s of start-up.
+UNNEEDED_TRAIN_CALLBACKS = ("PlacementGroupCleanerCallback", "DatasetsCallback")
+
+
+def _trainer_class(workers: int) -> type:
+    """TorchTrainer, whose torch process group DDP needs; a one-worker trial has no group to form
+    and runs as Ray Train's DataParallelTrainer, TorchTrainer's base: the same Ray Train job
+    (controller, worker, reports, checkpoints, retries) without torch in the trial's driver and
+    Train's controller, which import it only to unpickle TorchConfig (~2.5 s of a trial's
+    start-up on 2 cores: `python -m bench --cases startup`)."""
+    if workers > 1:
+        from ray.train.torch import TorchTrainer
+
+        return TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    return DataParallelTrainer
+
+
+def _lean(trainer_class: type) -> type:
+    """`trainer_class` without `UNNEEDED_TRAIN_CALLBACKS` (Ray 2.60's private
+    `_create_default_callbacks`, which pyproject.toml pins)."""
+
+    class LeanTrainer(trainer_class):  # type: ignore[misc, valid-type]
+        def _create_default_callbacks(self) -> list[Any]:
+            return [callback for callback in super()._create_default_callbacks()
+                    if type(callback).__name__ not in UNNEEDED_TRAIN_CALLBACKS]
+
+    LeanTrainer.__name__ = LeanTrainer.__qualname__ = trainer_class.__name__
+    return LeanTrainer
+
+
 class TrialOutOfMemory(RuntimeError):
     """A trial ran out of memory again with half its batch size."""
 
 
 def _trainer(loop_config: dict[str, Any], settings: TrialSettings, trial_id: str) -> Any:
-    """The trial's TorchTrainer; every attempt gets the same run name and storage, so it
+    """The trial's Ray Train trainer; every attempt gets the same run name and storage, so it
     resumes from the checkpoints the earlier attempts registered."""
     from ray import train
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     resources = {"CPU": settings.cpus_per_worker}
     if settings.gpus_per_worker:
         resources["GPU"] = settings.gpus_per_worker
-    return TorchTrainer(
+    return _lean(_trainer_class(settings.workers))(
         train_worker,
         train_loop_config=loop_config,
         scaling_config=train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0,

@@ -37,7 +37,7 @@ def fit_temperature(logits: torch.Tensor, labels: np.ndarray) -> float:
         return value
 
     optimizer.step(loss)
-    t = float(log_t.exp())
+    t = float(log_t.detach().exp())
     return float(np.clip(t, *T_RANGE)) if math.isfinite(t) else 1.0
 
 

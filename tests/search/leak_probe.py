@@ -16,13 +16,13 @@ from pathlib import Path
 import ray
 from ray.util import state
 
-from search.cluster import RAY_JOB_ENV
+from search.cluster import LOCAL_RAY_ENV
 from search.run import main
 from tests.conftest import CLUSTER_SINGLETONS
 
 if __name__ == "__main__":
     context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                       configure_logging=False, runtime_env={"env_vars": RAY_JOB_ENV})
+                       configure_logging=False, runtime_env={"env_vars": LOCAL_RAY_ENV})
     # Name this cluster's dashboard: the test session runs a Ray of its own beside it.
     api = f"http://{context.dashboard_url}"
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
