@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from search.cluster import ON_HEAD
+
 if TYPE_CHECKING:
     from trainables.loop import FeatureArrays
 
@@ -74,7 +76,7 @@ class FeatureStore:
 def start_store(max_bytes: int = DEFAULT_MAX_BYTES, claim_stale_s: float = CLAIM_STALE_S) -> Any:
     """A store for this search, owned by the driver (it ends with it)."""
     # One call at a time: a claim is a check and a write that must not interleave.
-    return FeatureStore.options(num_cpus=0).remote(max_bytes, claim_stale_s)
+    return FeatureStore.options(num_cpus=0, resources=ON_HEAD).remote(max_bytes, claim_stale_s)
 
 
 def sharing(store: Any) -> Callable[[str, Callable[[], FeatureArrays]], tuple[FeatureArrays, bool]]:

@@ -18,6 +18,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from search.cluster import ON_HEAD
 from search.disk import DiskFull, text_reason
 from search.files import STUDY_FILE, TRAIN_DIR, TUNE_DIR
 from search.reaper import KV_NAMESPACE
@@ -49,8 +50,9 @@ if TYPE_CHECKING:
     import optuna
 
 # The trial driver only waits on its Train job: it asks for memory, not a CPU, so a trial
-# with one 1-CPU worker really fits on one CPU (Ray refuses an all-zero request).
-DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
+# with one 1-CPU worker really fits on one CPU (Ray refuses an all-zero request); and it runs
+# on the head node (search/cluster.py ON_HEAD).
+DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2, **ON_HEAD}
 
 
 class _WithoutTunesResumeHint(logging.Filter):
