@@ -9,9 +9,10 @@ died). The trial driver (`search.trial.run_trial`) decides from `classify`:
   so the trial ends at once.
 - `INFRASTRUCTURE`: a worker process or its node died (killed, lost, preempted, a hung
   health check). Retried from the last checkpoint, up to `TrialSettings.max_failures` times.
-- `OUT_OF_MEMORY`: the GPU ran out of memory (`torch.OutOfMemoryError` raised in a worker)
-  or Ray's memory monitor killed a worker because the node ran low on memory. Retried
-  once, with half the batch size.
+- `OUT_OF_MEMORY`: the GPU ran out of memory (`torch.OutOfMemoryError` raised in a worker),
+  torch's CPU allocator or Python could not get the memory a batch needs (a worker's memory
+  limit, a host without overcommit), or Ray's memory monitor killed a worker because the
+  node ran low on memory. Retried once, with half the batch size.
 
 Ray-only: torch is not imported (the driver never needs it), its OOM is told by name.
 """
@@ -25,6 +26,9 @@ import enum
 HOST_OOM_TEXT = "running low on memory"
 # torch's CUDA OOM message; also how a torch.OutOfMemoryError reads once it is only text.
 CUDA_OOM_TEXT = "CUDA out of memory"
+# torch's CPU allocator when the process may not have more memory: a RuntimeError that reads
+# "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes".
+CPU_OOM_TEXT = "can't allocate memory"
 
 
 class Failure(enum.Enum):
@@ -37,7 +41,9 @@ class Failure(enum.Enum):
 
 def _is_torch_oom(error: BaseException) -> bool:
     names = {(cls.__module__.split(".")[0], cls.__name__) for cls in type(error).__mro__}
-    return ("torch", "OutOfMemoryError") in names or CUDA_OOM_TEXT in str(error)
+    text = str(error)
+    return (("torch", "OutOfMemoryError") in names or isinstance(error, MemoryError) or CUDA_OOM_TEXT in text
+            or CPU_OOM_TEXT in text)
 
 
 def _is_ray_failure(error: BaseException) -> bool:
@@ -64,7 +70,7 @@ def classify_failures(failures: list[BaseException]) -> Failure:
 
     With several workers, one rank's death makes the others fail too (a collective aborts,
     a connection resets: Python exceptions of their own), so a dead worker on any rank
-    decides; then a CUDA OOM on any rank; else it is the training code's own error.
+    decides; then an out-of-memory on any rank; else it is the training code's own error.
     """
     deaths = {_dead_worker(failure) for failure in failures} - {None}
     if deaths:

@@ -70,3 +70,42 @@ def test_a_trials_note_is_its_latest() -> None:
     assert trial_note(pd.DataFrame({"epoch": [1]})) is None
     assert trial_note(pd.DataFrame({"note": ["", float("nan")]})) is None
     assert trial_note(pd.DataFrame({"note": [float("nan"), "halved"]})) == "halved"
+
+
+# A real out-of-memory on the CPU, not a raised one: a training step whose batch needs more
+# memory than the process may have (RLIMIT_DATA, as a container's or a worker's limit), in a
+# process of its own. It prints the exception it got, pickled, after a small batch trained
+# under the same limit (the process survives its out-of-memory).
+REAL_OOM = """
+import base64, pickle, resource, sys
+import torch
+from trainables.models import SmallCNN
+
+torch.manual_seed(0)
+model = SmallCNN(4)
+def step(batch):
+    images = torch.rand(batch, 3, 160, 160)
+    model(images).sum().backward()
+step(2)  # allocator and autograd warmed up before the limit
+used = int(next(line for line in open("/proc/self/status") if line.startswith("VmData")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_DATA, (used + 400 * 1024**2, resource.RLIM_INFINITY))
+try:
+    step(int(sys.argv[1]))
+    error = None
+except BaseException as err:
+    error = err
+step(int(sys.argv[1]) // 16)
+print(base64.b64encode(pickle.dumps(error)).decode())
+"""
+
+
+def test_a_batch_too_large_for_the_memory_allowed_is_an_out_of_memory_not_a_bug() -> None:
+    import base64
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", REAL_OOM, "256"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    error = pickle.loads(base64.b64decode(proc.stdout.strip().splitlines()[-1]))
+    assert error is not None, "256 images of 160 px fit in 400 MB: the test needs a larger batch"
+    assert classify(workers(error)) is Failure.OUT_OF_MEMORY, repr(error)

@@ -139,6 +139,32 @@ def test_an_out_of_memory_is_retried_once_with_half_the_batch_and_noted(ray_sess
     assert pd.read_parquet(out / "history.parquet")["note"].tolist()[-1] == note
 
 
+def memory_limited_after_epoch_1(hp, metrics: dict) -> None:
+    """An epoch hook: after epoch 1, a worker training with the config's batch (64) may have only
+    100 MB more than it holds (RLIMIT_DATA, a worker's memory limit), less than one conv layer's
+    output for that batch at 160 px (~170 MB for the 51 training images): epoch 2 runs out of
+    memory for real, in torch's CPU allocator. The retry is a new worker process, without the limit."""
+    import resource
+
+    if hp.batch_size == 64 and metrics["epoch"] == 1:
+        status = Path("/proc/self/status").read_text().splitlines()
+        used = int(next(line for line in status if line.startswith("VmData")).split()[1]) * 1024
+        resource.setrlimit(resource.RLIMIT_DATA, (used + 100 * 1024**2, resource.RLIM_INFINITY))
+
+
+def test_a_real_out_of_memory_is_retried_with_half_the_batch(ray_session, coats: Path, tmp_path: Path) -> None:
+    from tests.conftest import tiny_body
+
+    body = (tiny_body(coats, trials=1, epochs=2).replace("grace_period_epochs=1", "grace_period_epochs=2")
+            .replace("image_size_px=32", "image_size_px=160").replace("cnn_width=8", "cnn_width=32")
+            .replace("batch_size=16", "batch_size=64"))
+    out = tmp_path / "out"
+    assert main([str(write_experiment(tmp_path, body)), "--out", str(out)], on_epoch=memory_limited_after_epoch_1) == 0
+    report = pd.read_csv(out / "report.csv")
+    note = "out of memory at batch_size 64: retried with 32"
+    assert report[["status", "epochs", "note"]].values.tolist() == [["completed", 2, note]]
+
+
 def rank_1_diverges_in_epoch_1(attempts: Path, hp, metrics: dict) -> None:
     """An epoch hook: rank 1 of a two-worker trial diverges in epoch 1, while rank 0 goes on to
     the report, a barrier that rank 1 never reaches; every call is a line `rank:epoch` of `attempts`."""
