@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from search import disk, manifest
+from search.data import remote
 from search.data.leakage import find_leakage
 from search.data.progress import DecodeProgress
 from search.data.report import data_report, leakage_warning
@@ -27,7 +28,7 @@ from search.memory import check_fits
 from search.space import without_random_frozen_backbones
 from search.spec import Experiment, SpecError, load_experiment, replace
 from search.stop import GracefulStop
-from search.storage import Output, open_output
+from search.storage import Output, display_uri, open_output
 from search.trial import EpochHook
 from trainables import data
 from trainables.archs import WeightsUnavailable
@@ -41,7 +42,8 @@ SMOKE_SIZE_PX = 96
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="experiment file, e.g. experiments/quickstart.py")
-    parser.add_argument("--data", help="data folder (train/ and test/ of class subfolders); overrides the experiment's")
+    parser.add_argument("--data", help="data folder (train/ and test/ of class subfolders), or a URI pyarrow "
+                                       "understands (s3://bucket/photos, gs://...); overrides the experiment's")
     parser.add_argument("--trials", type=int, help="number of trials")
     parser.add_argument("--max-epochs", type=int, help="epochs per trial at most")
     parser.add_argument("--concurrency", type=int, help="trials at once (default: as many as fit)")
@@ -135,8 +137,16 @@ def _cache_dir(args: argparse.Namespace) -> Path:
     return Path(args.cache).expanduser() if args.cache else data.default_cache_dir()
 
 
-def _data_folder(experiment: Experiment) -> Path:
-    folder = Path(experiment.data).expanduser().resolve()
+def _data_folder(experiment: Experiment, cache_dir: Path) -> Path:
+    """The experiment's data as a local folder: itself, generated on first use, or the
+    up-to-date mirror of a URI (search/data/remote.py)."""
+    if remote.is_remote(experiment.data):
+        with disk.writing(cache_dir):
+            folder, downloaded, total = remote.mirror(experiment.data, cache_dir)
+        print(f"Data: {display_uri(experiment.data)}, mirrored in {folder} ({downloaded} of {total} files "
+              "downloaded, the others unchanged)", flush=True)
+        return folder
+    folder = Path(experiment.data.removeprefix("file://")).expanduser().resolve()
     if experiment.generate and not folder.exists():
         from search.data.generated import GENERATORS, ensure_generated  # PIL drawing: only when generating
 
@@ -165,7 +175,7 @@ def _prepare(experiment: Experiment, args: argparse.Namespace, output: Output) -
     """Decode (or reuse) the data and write the data report; the arrays and their fingerprint.
     On --resume, refuse an experiment or data other than the ones OUT was started with."""
     cache_max_bytes = parse_size("--cache-max", args.cache_max)  # before decoding: a typo costs nothing
-    folder = _data_folder(experiment)
+    folder = _data_folder(experiment, _cache_dir(args))
     check_fits(folder, experiment.image_size_px)  # before minutes of decoding, not after
     if not args.check:
         _check_weights(experiment)

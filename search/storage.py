@@ -21,6 +21,12 @@ import pyarrow.fs as pafs
 from search.files import TRAIN_DIR, is_ray_dir
 
 
+def display_uri(uri: str) -> str:
+    """`uri` for people: without its options and credentials (s3://KEY:SECRET@bucket/...)."""
+    scheme, _, rest = uri.partition("?")[0].partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
 @dataclass(frozen=True)
 class Output:
     """A search's results folder: `uri` as Ray takes it, `local` where the driver writes."""
@@ -46,8 +52,7 @@ class Output:
         and credentials (a URI may carry keys: s3://KEY:SECRET@bucket/...)."""
         if not self.remote:
             return str(self.local.joinpath(*parts))
-        scheme, _, rest = self.uri.partition("?")[0].partition("://")
-        return f"{scheme}://" + "/".join([rest.rpartition("@")[2].rstrip("/"), *parts])
+        return "/".join([display_uri(self.uri).rstrip("/"), *parts])
 
     def exists(self, *parts: str) -> bool:
         info = self.filesystem.get_file_info("/".join([self.path, *parts]))

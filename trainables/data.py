@@ -164,8 +164,9 @@ def _hashes(found: Scan, skipped: list[tuple[str, str]]) -> dict[Path, str]:
 
 def _fingerprint(found: Scan, hashes: dict[Path, str], skipped: list[tuple[str, str]], size_px: int,
                  val_fraction: float, seed: int) -> str:
-    # Content, not modification times: a copied or touched folder keeps its cache, an
-    # edited picture gets a new one. Hashing is ~100x cheaper than decoding.
+    # Content and paths, not modification times: a touched folder keeps its cache, an edited
+    # picture gets a new one, and so does a moved folder (the cache stores the paths, which the
+    # reports name). Hashing is ~100x cheaper than decoding.
     digest = hashlib.sha256(f"{CACHE_VERSION}|{size_px}|{val_fraction}|{seed}".encode())
     for split, items in found.files.items():
         for path, label in items:

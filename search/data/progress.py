@@ -15,8 +15,9 @@ class DecodeProgress:
     """`progress(done, total)` for `trainables.data.prepare`: a line now and then, and a last
     one when it finishes, once anything was said."""
 
-    def __init__(self, out: TextIO = sys.stdout, clock: Callable[[], float] = time.monotonic) -> None:
-        self.out, self.clock = out, clock
+    def __init__(self, out: TextIO = sys.stdout, clock: Callable[[], float] = time.monotonic,
+                 doing: str = "decoding", unit: str = "images") -> None:
+        self.out, self.clock, self.doing, self.unit = out, clock, doing, unit
         self.started = clock()
         self.said_at: float | None = None
 
@@ -28,7 +29,7 @@ class DecodeProgress:
         if not (due or (finished and self.said_at is not None)):
             return
         rate = done / elapsed if elapsed > 0 else 0.0
-        line = f"  decoding: {done:,} of {total:,} images ({rate:,.0f}/s"
+        line = f"  {self.doing}: {done:,} of {total:,} {self.unit} ({rate:,.0f}/s"
         line += f", {elapsed:.0f} s)" if finished else f", ~{(total - done) / rate:.0f} s left)" if rate else ")"
         print(line, file=self.out, flush=True)
         self.said_at = now
