@@ -166,8 +166,9 @@ class Resources:
 class Experiment:
     """One hyperparameter search: data, search space, objective, budget and resources.
 
-    `data` is a folder holding `train/` and `test/`, one subfolder per class; a relative
-    path is taken from the current directory. When `generate` names a built-in generator
+    `data` is a folder holding `train/` and `test/`, one subfolder per class (a relative
+    path is taken from the current directory), or a URI of such a folder in object storage
+    (`s3://bucket/photos`, search/data/remote.py). When `generate` names a built-in generator
     and `data` does not exist yet, the folder is generated there on first use.
     """
 
@@ -191,7 +192,7 @@ class Experiment:
     def __post_init__(self) -> None:
         require("Experiment.name", self.name, bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name)),
                  "letters, digits, '_', '.', '-', starting with a letter or digit")
-        require("Experiment.data", self.data, bool(self.data.strip()), "a folder path")
+        require("Experiment.data", self.data, bool(self.data.strip()), "a folder path or a URI")
         require("Experiment.image_size_px", self.image_size_px, 16 <= self.image_size_px <= 1024,
                  "must lie in [16, 1024]")
         smallest = max(self.space.archs(), key=lambda a: ARCHS[a].min_size_px)
