@@ -2,7 +2,7 @@
 
 The lock is an advisory `flock` on `OUT/.lock`: the kernel drops it when its process dies,
 however it dies, so a killed search never leaves OUT locked. It guards the driver's working
-folder; two drivers on two machines writing one remote URI are not detected.
+folder; two drivers on two machines writing one remote URI meet at its lease (search/lease.py).
 
 The manifest records the experiment's fingerprint (the spec's fields that decide what a
 trial means), the data's (the decoded images themselves, so a moved data folder with the

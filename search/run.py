@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from search import disk, manifest
+from search import disk, lease, manifest
 from search.data import remote
 from search.data.leakage import find_leakage
 from search.data.progress import DecodeProgress
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) ->
         if note:
             print(note, flush=True)
         output = open_output(args.out or str(Path("results") / experiment.name), _cache_dir(args))
-        with disk.writing(output.display()), manifest.hold(output.local, output.display()):
+        with disk.writing(output.display()), manifest.hold(output.local, output.display()), lease.hold(output):
             _refuse_or_fetch(output, args)
             arrays, data_sha = _prepare(experiment, args, output)
             low_space = None if output.remote else disk.low_space_warning(experiment, output.local)

@@ -102,7 +102,7 @@ class Output:
         if not self.remote:
             return
         for info in self.filesystem.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
-            if is_ray_dir(info.base_name):
+            if is_ray_dir(info.base_name) or info.base_name.startswith("."):  # Ray's, or the lease (search/lease.py)
                 continue
             if info.type == pafs.FileType.Directory:
                 self.fetch(info.base_name)
