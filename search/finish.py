@@ -7,6 +7,7 @@ Everything the report is built from is stored in OUT (see `search.report`), so
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from ray import tune
 
 from search.best import export
 from search.best.calibration import calibrate, choose_tta, softmax
-from search.files import BEST_DIR, REPORT_HTML, STATE_FILE, STUDY_FILE
+from search.files import BEST_DIR, META_FILE, REPORT_HTML, STATE_FILE, STUDY_FILE
 from search.report import stored, table
 from search.report.page import build
 from search.space import hparams, recipe_points
@@ -154,15 +155,16 @@ def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment,
     test_acc = float((predictions["true"] == predictions["predicted"]).mean())
     metrics.update(test_acc=test_acc, test_loss=test_loss, test_ece=calibrated["test_ece_before"],
                    test_ece_calibrated=calibrated["test_ece_after"])
-    export.export_best(output.local, {"epoch": state["epoch"], "model": model.cpu().state_dict()}, arrays.classes,
-                       hp, metrics, best["trial_id"], experiment.image_size_px,
-                       temperature=calibrated["temperature"], tta=tta)
+    exported = export.export_best(output.local, {"epoch": state["epoch"], "model": model.cpu().state_dict()},
+                                  arrays.classes, hp, metrics, best["trial_id"], experiment.image_size_px,
+                                  temperature=calibrated["temperature"], tta=tta)
+    serving = json.loads((exported / META_FILE).read_text()).get("serving")
     shown = table.grid_indices(predictions)
     run = stored.StoredRun(
         run.facts, run.trials, run.history, predictions=predictions, grid=(shown, arrays.test.images[shown]),
         best={"trial_id": best["trial_id"], "trial_number": int(best["trial_number"]), "epoch": int(state["epoch"]),
               "hparams": hp.to_dict(), "metrics": metrics, "test_images": len(predictions),
-              "calibration": calibrated, "tta": tta})
+              "calibration": calibrated, "tta": tta, "serving": serving})
     text = (f"\nBest trial {best['trial_id']} ({hp.arch}): val_acc {metrics['val_acc']:.3f}, "
             f"test_acc {test_acc:.3f} on {len(predictions)} test images.\n"
             f"Exported to {output.display(BEST_DIR)}. Use it: from search import load_best; "

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from search.best import serving
 from search.best.onnx import export_onnx
 from search.files import BEST_DIR, META_FILE, MODEL_FILE, ONNX_FILE, json_default, write_json
 from trainables.data import file_sha256
@@ -106,10 +107,12 @@ def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: 
     staging.mkdir(parents=True)
     try:
         torch.save(state["model"], staging / MODEL_FILE)
-        meta["onnx"] = export_onnx(build_model(classes, hp, state["model"]), staging, image_size_px)
+        model = build_model(classes, hp, state["model"])
+        meta["onnx"] = export_onnx(model, staging, image_size_px)
         if "error" in meta["onnx"]:
             print(f"warning: {out / BEST_DIR / ONNX_FILE} not written ({meta['onnx']['error']}); model.pt is "
                   f"complete; details in {out / BEST_DIR / meta['onnx']['log']}", file=sys.stderr, flush=True)
+        meta["serving"] = serving.measure(model, staging, MODEL_FILE, meta["onnx"], image_size_px)
         listed = [MODEL_FILE] + ([meta["onnx"]["file"]] if "file" in meta["onnx"] else [])
         meta["files"] = {name: file_sha256(staging / name) for name in listed}
         meta[META_DIGEST] = meta_sha256(meta)

@@ -145,6 +145,7 @@ def _test_blocks(run: StoredRun, plots_dir: Path) -> list[Block]:
                 "Confusion matrix: rows are the true classes, columns the predictions."),
         Table(per_class.assign(support=per_class["support"].astype(int)).map(_fmt)),
         *_calibration_blocks(run, plots_dir),
+        *_serving_blocks(run),
     ]
     if run.grid is not None and len(run.grid[0]):
         indices, images = run.grid
@@ -156,6 +157,21 @@ def _test_blocks(run: StoredRun, plots_dir: Path) -> list[Block]:
             "frame; up to half of those shown) and correct ones from every class, each with its true class, the "
             "prediction and the prediction's probability."))
     return blocks
+
+
+def _serving_blocks(run: StoredRun) -> list[Block]:
+    serving = (run.best or {}).get("serving")
+    if not serving:
+        return []  # a run stored before the serving cost was measured
+    cpu = serving.get("onnxruntime_cpu", {})
+    sizes = f"{serving['parameters']:,} parameters, `model.pt` {serving['model_pt_bytes'] / 1e6:.1f} MB"
+    if "onnx_bytes" in serving:
+        sizes += f", `model.onnx` {serving['onnx_bytes'] / 1e6:.1f} MB"
+    if "error" in cpu:
+        return [Para(f"Serving cost: {sizes}; no onnxruntime timing ({cpu['error']}).")]
+    return [Para(f"Serving cost: {sizes}. With onnxruntime on this machine's CPU ({cpu['cpus']} CPUs, "
+                 f"{cpu['cpu']}): batch 1 in **{cpu['batch1_p50_ms']:.1f} ms** (p50; p95 {cpu['batch1_p95_ms']:.1f} "
+                 f"ms), batch 32 at **{cpu['batch32_images_per_s']:,.0f} images/s** (in `best/meta.json`, `serving`).")]
 
 
 def _calibration_blocks(run: StoredRun, plots_dir: Path) -> list[Block]:

@@ -93,6 +93,7 @@ def test_best_model_is_exported_and_loads_in_one_line(asha_run, coats: Path) -> 
         meta["tta"]["val_loss_flip"] < meta["tta"]["val_loss_plain"])
     page = (out / "report.md").read_text()
     assert f"temperature of **{meta['temperature']:.3g}**" in page and (out / "plots" / "reliability.png").is_file()
+    assert f"batch 1 in **{meta['serving']['onnxruntime_cpu']['batch1_p50_ms']:.1f} ms**" in page
     images = sorted((coats / "test").rglob("*.jpg"))
     predictions = load_best(str(out)).predict(images)
     assert list(predictions.columns[:2]) == ["file", "prediction"]

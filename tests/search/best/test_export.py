@@ -137,6 +137,19 @@ def test_model_pt_is_a_state_dict_and_meta_lists_classes_preprocess_and_digests(
     assert sorted(p.name for p in (out / "best").iterdir()) == ["meta.json", "model.onnx", "model.pt"]
 
 
+def test_meta_says_what_the_model_costs_to_serve(exported) -> None:
+    """Size and onnxruntime CPU figures, measured at export (timings are this machine's: only
+    their consistency is checked here; bench/RESULTS.md compares them with an independent timing)."""
+    out, model = exported
+    serving = json.loads((out / "best" / "meta.json").read_text())["serving"]
+    assert serving["parameters"] == sum(p.numel() for p in model.parameters())
+    assert serving["model_pt_bytes"] == (out / "best" / "model.pt").stat().st_size
+    assert serving["onnx_bytes"] == (out / "best" / "model.onnx").stat().st_size
+    cpu = serving["onnxruntime_cpu"]
+    assert 0 < cpu["batch1_p50_ms"] <= cpu["batch1_p95_ms"] and cpu["batch1_runs"] >= 1
+    assert cpu["batch32_images_per_s"] > 0 and cpu["cpus"] >= 1 and cpu["onnxruntime"]
+
+
 def test_onnx_gives_the_pytorch_logits_for_any_batch_size(exported) -> None:
     out, model = exported
     opset = {o.domain: o.version for o in onnx.load(out / "best" / "model.onnx").opset_import}[""]
