@@ -40,13 +40,25 @@ class Predictor:
     def classes(self) -> list[str]:
         return self.meta["classes"]
 
+    @property
+    def size_px(self) -> int:
+        """The side of the square images the model takes (`decode` resizes to it)."""
+        return int(self.meta["preprocess"]["resize"][0])
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """[n, classes] calibrated probabilities of uint8 images [n, size, size, 3] (`decode`'s)."""
+        tta = (self.meta.get("tta") or {}).get("mode")  # mirrored too, when the export measured it helps
+        logits = predict_logits(self.model, images, self.device, tta=tta)
+        # Calibrated: the temperature fitted on the val split (exports without one: 1).
+        return torch.softmax(logits / float(self.meta.get("temperature", 1.0)), dim=1).numpy()
+
     def predict(self, paths: list[str | Path] | str | Path) -> pd.DataFrame:
         """One row per image (folders are expanded): file, prediction, one probability per class.
 
         An image that cannot be read gets its reason in `error` instead of a prediction.
         """
         files = _expand([paths] if isinstance(paths, (str, Path)) else paths)
-        size = self.meta["preprocess"]["resize"][0]
+        size = self.size_px
         images, rows = [], []
         for path in files:
             row: dict[str, Any] = {"file": str(path), "prediction": None, "error": None}
@@ -57,11 +69,7 @@ class Predictor:
             rows.append(row)
         ok = [row for row in rows if row["error"] is None]
         if ok:
-            tta = (self.meta.get("tta") or {}).get("mode")  # mirrored too, when the export measured it helps
-            logits = predict_logits(self.model, np.stack(images), self.device, tta=tta)
-            # Calibrated: the temperature fitted on the val split (exports without one: 1).
-            probs = torch.softmax(logits / float(self.meta.get("temperature", 1.0)), dim=1).numpy()
-            for row, p in zip(ok, probs):
+            for row, p in zip(ok, self.probabilities(np.stack(images))):
                 row["prediction"] = self.classes[int(p.argmax())]
                 row.update({name: float(v) for name, v in zip(self.classes, p)})
         return pd.DataFrame(rows, columns=["file", "prediction", *self.classes, "error"])
