@@ -12,6 +12,7 @@
       report_inputs.json, history.parquet, test_predictions.csv, test_grid.npz
                             what `python -m search.report OUT` rebuilds the report from
       summary.json          the run's outcome in numbers
+      mlflow.json           where the search is tracked in MLflow, if it is (search.tracking)
       best/                 model.pt, model.onnx, meta.json (and onnx_export.log on failure)
 """
 
@@ -55,6 +56,7 @@ HISTORY_FILE = "history.parquet"
 PREDICTIONS_FILE = "test_predictions.csv"
 GRID_FILE = "test_grid.npz"
 SUMMARY_FILE = "summary.json"
+TRACKING_FILE = "mlflow.json"
 BEST_DIR = "best"
 MODEL_FILE = "model.pt"
 ONNX_FILE = "model.onnx"

@@ -10,7 +10,7 @@ asks for more trials than the study holds, starts the next.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,14 +50,16 @@ class Outcome:
 
 def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: tuning.Plan, *,
            resume: bool = False, on_epoch: EpochHook | None = None, stopped: Callable[[], bool] = lambda: False,
-           spent_s: float = 0.0, warm_start: Path | None = None, data_key: str = "") -> Outcome:
+           spent_s: float = 0.0, warm_start: Path | None = None, data_key: str = "",
+           callbacks: Sequence[tune.Callback] = ()) -> Outcome:
     """Run (or, with `resume`, continue) the search until its trials are run, a signal stops it
     (`stopped()` turns true), the disk fills, or its `EndRule` ends it.
 
     Tune and Train write straight to `output` (a local folder or a URI every node can reach);
     the Optuna study stays in the driver's local working folder. `spent_s`: search time the
     earlier runs of this search spent, counted against a time budget. `data_key`: the data's
-    fingerprint, with which trials share a frozen backbone's features.
+    fingerprint, with which trials share a frozen backbone's features. `callbacks`: Tune
+    callbacks of this run only (MLflow tracking, search.tracking), never stored with the Tune run.
     """
     budget = experiment.budget
     rule = EndRule(time_s=None if budget.time is None else budget.time - spent_s, stalled=budget.stop_when_stalled,
@@ -65,13 +67,14 @@ def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: 
     trainable = tuning.trainable(experiment, output, arrays, the_plan, on_epoch, data_key)
     bind(tuning.study_url(output.local), rule)  # the study of this OUT, wherever it was when the search began
     try:
-        return _rounds(experiment, output, the_plan, trainable, rule, resume, stopped, warm_start)
+        return _rounds(experiment, output, the_plan, trainable, rule, resume, stopped, warm_start, callbacks)
     finally:
         bind(None)  # this search's rule ends with it (a process may run another search after it)
 
 
 def _rounds(experiment: Experiment, output: Output, the_plan: tuning.Plan, trainable: tune.Trainable,
-            rule: EndRule, resume: bool, stopped: Callable[[], bool], warm_start: Path | None) -> Outcome:
+            rule: EndRule, resume: bool, stopped: Callable[[], bool], warm_start: Path | None,
+            callbacks: Sequence[tune.Callback]) -> Outcome:
     budget = experiment.budget
     outcome = Outcome()
     if resume:
@@ -93,7 +96,7 @@ def _rounds(experiment: Experiment, output: Output, the_plan: tuning.Plan, train
                            warm_start=None if done else warm_start)
         done = [*done, round_dir(len(done) + 1)]
     while True:
-        grid, outcome.disk_full = _fit(tuner, experiment, output, rule)
+        grid, outcome.disk_full = _fit(tuner, experiment, output, rule, callbacks)
         outcome.grids.append(grid)
         if outcome.disk_full or stopped() or rule.ended_by:
             break
@@ -132,14 +135,17 @@ def _new_round(experiment: Experiment, output: Output, the_plan: tuning.Plan, tr
     )
 
 
-def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output,
-         rule: EndRule) -> tuple[tune.ResultGrid, DiskFull | None]:
+def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output, rule: EndRule,
+         callbacks: Sequence[tune.Callback] = ()) -> tuple[tune.ResultGrid, DiskFull | None]:
     disk_full = tuning.StopWhenDiskFull(experiment, output)
     if getattr(tuner, "_local_tuner", None) is not None:  # none under Ray Client: the search runs on the cluster
         # Set after the Tuner saved its settings (tuner.pkl), so never restored from them: on a
         # --resume they must act on this run's OUT and budget (Tuner.restore takes neither).
         run_config = tuner._local_tuner.get_run_config()
-        run_config.callbacks.append(disk_full)
+        run_config.callbacks.extend([disk_full, *callbacks])
         if rule.time_s is not None:
             run_config.stop = BudgetStopper(rule)
+    elif callbacks:
+        print("warning: trials are not tracked in MLflow through a ray:// address (Ray Client); run the search "
+              "on the head node (--address auto) to track them", flush=True)
     return tuner.fit(), disk_full.full

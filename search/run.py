@@ -23,7 +23,7 @@ from search.data.leakage import find_leakage
 from search.data.progress import DecodeProgress
 from search.data.report import data_report, leakage_warning
 from search.domains import parse_duration, parse_size
-from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMARY_FILE, TUNE_DIR
+from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMARY_FILE, TRACKING_FILE, TUNE_DIR
 from search.memory import check_fits
 from search.space import without_random_frozen_backbones
 from search.spec import Experiment, SpecError, load_experiment, replace
@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tiny budget (2 trials, 1 epoch, small images, one 1-CPU worker): checks the setup")
     parser.add_argument("--check", action="store_true",
                         help="check the data folder, print class counts and problems, train nothing")
+    parser.add_argument("--mlflow", metavar="URI",
+                        help="track the search in MLflow (http://host:5000, ...): a parent run, a run per trial, "
+                             "the best model; a --resume goes on in the same runs")
     parser.add_argument("--seed", type=int, help="seed of the sampler, the split and the training")
     parser.add_argument("--cache", help=f"folder of decoded-image caches (default: ${data.CACHE_ENV} or "
                                         "~/.cache/imagesearch), shared by runs on the same data")
@@ -206,6 +209,11 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
             data_sha: str, on_epoch: EpochHook | None) -> int:
     """The search on Ray, then the report and the export; returns the exit code."""
     out = output.local
+    tracking = None
+    if args.mlflow or (args.resume and (out / TRACKING_FILE).is_file()):
+        from search.tracking import open_tracking
+
+        tracking = open_tracking(args.mlflow, experiment, out, output.display(), args.resume)
     with disk.writing(output.display(), partial_in=out):
         manifest.write(out, experiment, data_sha, "running")
         (out / EXPERIMENT_FILE).write_text(repr(experiment) + "\n")
@@ -228,7 +236,7 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
         outcome = rounds.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch,
                                 stopped=lambda: stop.signum is not None, spent_s=spent_s,
                                 warm_start=Path(args.warm_start).expanduser() if args.warm_start else None,
-                                data_key=data_sha)
+                                data_key=data_sha, callbacks=[tracking.callback()] if tracking else [])
     search_wall_s = time.perf_counter() - started
     disk_full = outcome.disk_full
     interrupted = stop.signum is not None or disk_full is not None
@@ -250,6 +258,10 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
         output.upload()
     except disk.DiskFull as err:
         report_error = err
+    if tracking is not None:
+        from search.tracking import finish as finish_tracking
+
+        finish_tracking(tracking, out, summary if report_error is None else {}, interrupted or report_error is not None)
         with contextlib.suppress(OSError):  # a few bytes: they may fit where the report did not
             manifest.write(out, experiment, data_sha, "interrupted", spent_s=spent_s + search_wall_s)
     if disk_full or report_error:
@@ -275,6 +287,10 @@ def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) ->
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         check_folders(args)
+        if args.mlflow:  # a wrong URI costs seconds, not a decoded data set
+            from search.tracking import check
+
+            check(args.mlflow)
         experiment, note = without_random_frozen_backbones(apply_overrides(load_experiment(args.experiment), args))
         if note:
             print(note, flush=True)
