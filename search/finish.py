@@ -1,4 +1,5 @@
-"""Ends a search: the report, the best trial's export, its one evaluation on test/.
+"""Ends a search: the report, the export of the trial `Experiment.select` chooses among the
+leaderboard's top trials (their serving cost measured first), its one evaluation on test/.
 
 Everything the report is built from is stored in OUT (see `search.report`), so
 `python -m search.report OUT` rebuilds the same report later without Ray or training.
@@ -18,6 +19,8 @@ from ray import tune
 
 from search.best import export
 from search.best.calibration import calibrate, choose_tta, softmax
+from search.best.candidates import TOP_K, Trial, measure_top
+from search.best.select import Candidate, choose
 from search.files import BEST_DIR, META_FILE, REPORT_HTML, STATE_FILE, STUDY_FILE
 from search.report import stored, table
 from search.report.page import build
@@ -130,7 +133,8 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
     if usable.empty:
         print("No trial produced a model: see the error column of report.csv.", flush=True)
     else:
-        run, best_text = _export_best(usable.iloc[0], run, experiment, arrays, output)
+        chosen, chosen_by = _select(usable, run, experiment, len(arrays.classes))
+        run, best_text = _export_best(chosen, run, experiment, arrays, output, chosen_by)
         summary.update(best_trial=run.best["trial_id"], best=run.best["metrics"])
         print(best_text, flush=True)
     stored.store(out, run)
@@ -140,9 +144,25 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
     return summary
 
 
+def _select(usable: pd.DataFrame, run: stored.StoredRun, experiment: Experiment,
+            num_classes: int) -> tuple[pd.Series, dict[str, Any]]:
+    """The trial `experiment.select` exports, from the leaderboard's top trials and their measured
+    serving cost; and what meta.json and the report keep of it (the figures, the rule's outcome)."""
+    configs = {t.trial_id: t.config for t in run.trials}
+    top = usable.head(TOP_K)
+    trials = [Trial(row["trial_id"], int(row["trial_number"]), float(row[experiment.objective]),
+                    hparams(configs[row["trial_id"]], experiment.weights)) for _, row in top.iterrows()]
+    figures, seconds = measure_top(trials, num_classes, experiment.image_size_px)
+    candidates = [Candidate(f["trial_id"], f["trial_number"], f["objective"], f.get("batch1_p50_ms")) for f in figures]
+    selection = choose(candidates, experiment.select, experiment.tolerance, experiment.objective, experiment.mode)
+    chosen = top[top["trial_id"] == selection.chosen.trial_id].iloc[0]
+    return chosen, {"selection": {**selection.to_dict(), "measure_s": seconds}, "serving_top_k": figures}
+
+
 def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment, arrays: ArrayData,
-                 output: Output) -> tuple[stored.StoredRun, str]:
-    """Export the best trial's model, evaluate it on test/; the run with its results, and what to print."""
+                 output: Output, chosen_by: dict[str, Any]) -> tuple[stored.StoredRun, str]:
+    """Export the chosen trial's model (`chosen_by`: why, see `_select`), evaluate it on test/;
+    the run with its results, and what to print."""
     config = next(t.config for t in run.trials if t.trial_id == best["trial_id"])
     hp = hparams(config, experiment.weights)
     metrics = {k: float(best[k]) for k in ("val_acc", "val_loss", "train_acc", "train_loss")}
@@ -157,16 +177,21 @@ def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment,
                    test_ece_calibrated=calibrated["test_ece_after"])
     exported = export.export_best(output.local, {"epoch": state["epoch"], "model": model.cpu().state_dict()},
                                   arrays.classes, hp, metrics, best["trial_id"], experiment.image_size_px,
-                                  temperature=calibrated["temperature"], tta=tta)
+                                  temperature=calibrated["temperature"], tta=tta, extra=chosen_by)
     serving = json.loads((exported / META_FILE).read_text()).get("serving")
     shown = table.grid_indices(predictions)
     run = stored.StoredRun(
         run.facts, run.trials, run.history, predictions=predictions, grid=(shown, arrays.test.images[shown]),
         best={"trial_id": best["trial_id"], "trial_number": int(best["trial_number"]), "epoch": int(state["epoch"]),
               "hparams": hp.to_dict(), "metrics": metrics, "test_images": len(predictions),
-              "calibration": calibrated, "tta": tta, "serving": serving})
-    text = (f"\nBest trial {best['trial_id']} ({hp.arch}): val_acc {metrics['val_acc']:.3f}, "
+              "calibration": calibrated, "tta": tta, "serving": serving, **chosen_by})
+    selection = chosen_by["selection"]
+    word = "Best" if selection["chosen"] == selection["best"] else "Chosen"
+    text = (f"\n{word} trial {best['trial_id']} ({hp.arch}): val_acc {metrics['val_acc']:.3f}, "
             f"test_acc {test_acc:.3f} on {len(predictions)} test images.\n"
+            + (f"{selection['reason']}\n" if selection["tolerance"] is not None else "")
+            + f"Serving cost of the top {len(chosen_by['serving_top_k'])} trials measured in "
+            f"{selection['measure_s']:.1f} s (in the report and best/{META_FILE}).\n"
             f"Exported to {output.display(BEST_DIR)}. Use it: from search import load_best; "
             f"load_best({output.display()!r}).predict(paths)")
     return run, text

@@ -32,9 +32,10 @@ from search.spec import Experiment
 from trainables.data import CACHE_VERSION, ArrayData
 
 State = Literal["running", "finished", "interrupted", "failed"]
-# What may differ between a search and its --resume: none changes what a trial computes.
+# What may differ between a search and its --resume: none changes what a trial computes
+# (test_time_augmentation and select act at export only).
 MAY_CHANGE = {"data", "generate", "concurrency", "resources", "budget.trials", "budget.time",
-              "budget.stop_when_stalled", "test_time_augmentation"}
+              "budget.stop_when_stalled", "test_time_augmentation", "select"}
 
 
 @contextmanager

@@ -8,6 +8,7 @@ the value and what is allowed; the CLI prints it and exits with code 2.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import traceback
 from collections.abc import Mapping
@@ -34,6 +35,8 @@ __all__ = ["Budget", "Choice", "Domain", "Experiment", "IntRange", "LogUniform",
 
 OPTIMIZER_CHOICES = ("rmsprop", "adam", "sgd")
 OBJECTIVES = {"val_acc": "max", "val_loss": "min"}
+SELECT_ALLOWED = ("'accuracy', or 'fastest_within=D' with D a number >= 0 in the objective's units "
+                  "(e.g. 'fastest_within=0.01')")
 MAX_SEED = 2**32 - 1
 
 
@@ -188,6 +191,9 @@ class Experiment:
     # At export: "auto" measures test-time augmentation (the mean of an image's and its mirror's
     # logits) on the val split and keeps it only when it lowers the val loss; "none" never.
     test_time_augmentation: Literal["auto", "none"] = "auto"
+    # Which trial is exported: "accuracy", the best objective; "fastest_within=D", the lowest
+    # measured batch-1 latency among the top trials whose objective is within D of the best.
+    select: str = "accuracy"
 
     def __post_init__(self) -> None:
         require("Experiment.name", self.name, bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name)),
@@ -207,6 +213,7 @@ class Experiment:
         require("Experiment.seed", self.seed, 0 <= self.seed <= MAX_SEED, f"must lie in [0, {MAX_SEED}]")
         for i, recipe in enumerate(self.recipes):
             self._check_recipe(f"Experiment.recipes[{i}]", recipe)
+        select_tolerance(self.select)
 
     def _check_recipe(self, field: str, recipe: Mapping[str, Any]) -> None:
         """A recipe's values must lie in the searched domains (else the search could never compare
@@ -226,6 +233,24 @@ class Experiment:
     @property
     def mode(self) -> str:
         return OBJECTIVES[self.objective]
+
+    @property
+    def tolerance(self) -> float | None:
+        """`select`'s D for "fastest_within=D"; None for "accuracy"."""
+        return select_tolerance(self.select)
+
+
+def select_tolerance(select: str) -> float | None:
+    """D of `Experiment.select="fastest_within=D"`, None for "accuracy"; SpecError otherwise."""
+    if select == "accuracy":
+        return None
+    name, _, number = select.partition("=")
+    try:
+        tolerance = float(number) if name == "fastest_within" else math.nan
+    except ValueError:
+        tolerance = math.nan
+    require("Experiment.select", select, math.isfinite(tolerance) and tolerance >= 0, SELECT_ALLOWED)
+    return tolerance
 
 
 def load_experiment(path: str | Path) -> Experiment:

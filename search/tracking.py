@@ -119,6 +119,8 @@ def check(uri: str) -> None:
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_REACH_TIMEOUT_S):
                 pass
+        except urllib.error.HTTPError:
+            pass  # it answered (a server behind a login may refuse /health to strangers)
         except (OSError, urllib.error.URLError) as err:
             reason = getattr(err, "reason", err)
             raise SpecError("--mlflow", uri, f"an MLflow tracking server that answers ({reason})") from None

@@ -16,8 +16,8 @@ from torch import nn
 
 from trainables.archs import Arch, WeightsUnavailable, lookup
 
-__all__ = ["BUILDERS", "BackboneClassifier", "SmallCNN", "WeightsUnavailable", "backbone_builder", "create_model",
-           "load_pretrained"]
+__all__ = ["BUILDERS", "GRAPH_FIELDS", "BackboneClassifier", "SmallCNN", "WeightsUnavailable", "backbone_builder",
+           "create_model", "graph_key", "load_pretrained"]
 from trainables.hparams import HParams
 
 SMALL_CNN_DENSE = 512  # the cats-vs-dogs tutorial's Dense(512)
@@ -187,3 +187,15 @@ def create_model(num_classes: int, hp: HParams, *, load_weights: bool = True) ->
     except KeyError as err:
         raise ValueError(err.args[0] if err.args else f"no builder for {hp.arch!r}") from None
     return builder(arch, hp, num_classes, load_weights)
+
+
+# The HParams the builders lay the inference graph out from. The others change only training:
+# dropout is the identity in eval mode (the ONNX export drops it), unfrozen_blocks and
+# feature_views only decide what trains; weights matters for the layout (Inception's input scaling).
+GRAPH_FIELDS = ("arch", "weights", "head_units", "cnn_width", "cnn_depth")
+
+
+def graph_key(hp: HParams) -> tuple[object, ...]:
+    """Equal for two configurations whose models compute the same graph (weights aside), so
+    their serving cost (parameters, latency) is measured once."""
+    return tuple(getattr(hp, name) for name in GRAPH_FIELDS)

@@ -3,7 +3,8 @@
 `best/model.pt` is a plain state dict (`torch.load(..., weights_only=True)` reads it);
 `best/model.onnx` the same model for ONNX Runtime and other tools (see `search.best.onnx`);
 `best/meta.json` holds the classes in output order, the architecture and its hyperparameters,
-the preprocessing, the metrics, the sha256 of each model file, the library versions, and
+the preprocessing, the metrics, the sha256 of each model file, the library versions, what the
+caller adds (why this trial was selected, the top trials' serving cost: `search.finish`), and
 `meta_sha256`, the sha256 of meta.json's own content, so that an edit to its classes or config
 cannot pass for the export. `search.best.loader` reads it back.
 """
@@ -77,7 +78,7 @@ def meta_sha256(meta: dict[str, Any]) -> str:
 
 def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: HParams,
                 metrics: dict[str, Any], trial_id: str, image_size_px: int, temperature: float = 1.0,
-                tta: dict[str, Any] | None = None) -> Path:
+                tta: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write `out/best/` from `state`: the whole model's state dict ("model", every weight, as
     `trainables.state.restore_model` rebuilds it from a checkpoint) and its "epoch"; replaces an
     earlier export atomically.
@@ -86,6 +87,7 @@ def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: 
     says why. `temperature` (fitted on the val split, `search.best.calibration`) divides the
     logits before the softmax for calibrated probabilities; `tta` says whether the logits are
     the mean of the image's and its mirror's ("mode": "flip") and what that was measured to give.
+    `extra` adds fields to meta.json (why this trial was selected, the top trials' serving cost).
     """
     meta = {
         "classes": list(classes),
@@ -100,6 +102,7 @@ def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: 
         "preprocess": {"resize": [image_size_px, image_size_px], "mean": list(MEAN), "std": list(STD),
                        "layout": "NCHW, RGB, values scaled to [0, 1] before mean/std"},
         "versions": _versions(),
+        **(extra or {}),
     }
     for stale in [*out.glob(f".{BEST_DIR}.tmp-*"), *out.glob(f".{BEST_DIR}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)  # left by a run killed mid-export (OUT is locked: not in use)

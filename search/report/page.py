@@ -16,10 +16,11 @@ import pandas as pd
 
 from search.files import BEST_DIR, PLOTS_DIR, PREDICTIONS_FILE, REPORT_CSV, REPORT_HTML, REPORT_MD, REPORT_PARQUET
 from search.report import plots
+from search.report.latency import chosen_over_best, latency_blocks, leaderboard_columns, selection_text
 from search.report.metrics import classification, param_importances
 from search.report.render import Block, Heading, Para, Picture, Table, Verdict, to_html, to_markdown
 from search.report.stored import SearchFacts, StoredRun, trial_history
-from search.report.table import param_columns, save, time_split, trial_table
+from search.report.table import param_columns, save, time_split, trial_table, with_serving
 from trainables.archs import ARCHS
 
 SHOWN_TRIALS = 30
@@ -79,19 +80,24 @@ def _verdict(frame: pd.DataFrame, run: StoredRun, importances: dict[str, float] 
     best, metrics = run.best, run.best["metrics"]
     position = int(np.flatnonzero(frame["trial_id"] == best["trial_id"])[0])
     word = "highest" if facts.mode == "max" else "lowest"
-    why = (f"**{objective} {metrics[objective]:.4g}** at epoch {best['epoch']}: "
-           f"the {word} {objective} of all {len(frame)} trials")
+    why = f"**{objective} {metrics[objective]:.4g}** at epoch {best['epoch']}"
     others = frame.drop(index=position)[objective].dropna()
-    if len(others):
-        runner_up = frame.loc[others.index[0]]
-        name = f"trial `{runner_up['trial_id']}` (#{runner_up['trial_number']})"
-        margin = metrics[objective] - runner_up[objective]
-        why += (f"; tied with {name}, and ties go to the earlier trial." if margin == 0 else
-                f"; runner-up {name} had {runner_up[objective]:.4g} ({margin:+.3g}).")
+    if chosen_over_best(best):  # select= exported a faster trial: the next item says why
+        why += "."
+    else:
+        why += f": the {word} {objective} of all {len(frame)} trials"
+        if len(others):
+            runner_up = frame.loc[others.index[0]]
+            name = f"trial `{runner_up['trial_id']}` (#{runner_up['trial_number']})"
+            margin = metrics[objective] - runner_up[objective]
+            why += (f"; tied with {name}, and ties go to the earlier trial." if margin == 0 else
+                    f"; runner-up {name} had {runner_up[objective]:.4g} ({margin:+.3g}).")
     items = [why,
              f"Test accuracy **{metrics['test_acc']:.4g}** on {best['test_images']} test images (test/ was used once, "
              "for this model only; it never steered the search).",
              f"Parameters: {_params_text(best['hparams'])}.", ran]
+    if selection_text(best):
+        items.insert(1, selection_text(best))
     if importances:
         top = ", ".join(f"{name} ({value:.2f})" for name, value in list(importances.items())[:3])
         items.append(f"Parameters that mattered most (Optuna importance): {top}.")
@@ -99,7 +105,8 @@ def _verdict(frame: pd.DataFrame, run: StoredRun, importances: dict[str, float] 
                  "`from search import load_best; load_best(OUT).predict(paths)`.")
     recipe = frame.at[position, "recipe"]
     label = f", recipe {recipe}" if pd.notna(recipe) else ""
-    return Verdict(f"Winner: trial {best['trial_id']} (#{best['trial_number']}{label}), "
+    title = "Chosen" if chosen_over_best(best) else "Winner"
+    return Verdict(f"{title}: trial {best['trial_id']} (#{best['trial_number']}{label}), "
                    f"{describe_arch(best['hparams'])}", items)
 
 
@@ -113,6 +120,8 @@ def _leaderboard(frame: pd.DataFrame, objective: str) -> pd.DataFrame:
         view[column] = shown[column].map(_fmt)
     for column in params:  # 3 digits: enough to tell trials apart, and the table fits a screen
         view[column.removeprefix("param.")] = shown[column].map(lambda v: _fmt(v, 3))
+    for label, values in leaderboard_columns(shown).items():
+        view[label] = values
     for column in ("error", "note"):
         view[column] = shown.get(column, pd.Series(None, index=shown.index)).map(
             lambda e: e[:SHOWN_ERROR_CHARS] if isinstance(e, str) else None)
@@ -286,11 +295,15 @@ def _blocks(frame: pd.DataFrame, run: StoredRun, out: Path, plots_dir: Path) -> 
         Para(f"Trials sorted by their best {run.facts.objective} ({run.facts.mode}); the winner is highlighted; "
              "metrics are those of each trial's best epoch. `#` is the order Tune created trials in"
              + ("; `recipe` marks the experiment's recipes, run first" if "recipe" in board else "")
-             + f"; `train_time_s` is seconds of training.{more} in `{REPORT_CSV}` / `{REPORT_PARQUET}`, "
-             "with more columns."),
+             + "; `train_time_s` is seconds of training"
+             + ("; `p50_ms`, `p95_ms` (batch 1) and `img_per_s_b32` (batch 32) are the serving cost with "
+                "onnxruntime on this machine's CPU, `params_M` and `onnx_MB` its size, measured for the top "
+                "trials only" if "p50_ms" in board else "")
+             + f".{more} in `{REPORT_CSV}` / `{REPORT_PARQUET}`, with more columns."),
         Table(board, highlight),
         *_time_blocks(frame, run),
         *_constant_params(frame),
+        *latency_blocks(run, plots_dir),
         *_search_blocks(frame, run, out, plots_dir, importances, importance_note),
     ]
     if run.best is not None and run.predictions is not None:
@@ -300,7 +313,7 @@ def _blocks(frame: pd.DataFrame, run: StoredRun, out: Path, plots_dir: Path) -> 
 
 def build(out: Path, run: StoredRun) -> Path:
     """Write report.csv/.parquet, the plots, report.md and report.html into `out`; returns the HTML's path."""
-    frame = trial_table(run.trials, run.history, run.facts)
+    frame = with_serving(trial_table(run.trials, run.history, run.facts), (run.best or {}).get("serving_top_k"))
     save(frame, out)
     plots_dir = out / PLOTS_DIR
     shutil.rmtree(plots_dir, ignore_errors=True)  # ours alone: a plot not made this time must not linger

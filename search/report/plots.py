@@ -18,6 +18,7 @@ from matplotlib import cm, colormaps
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from search.report.table import param_columns
 
@@ -242,4 +243,38 @@ def image_grid(images: np.ndarray, true: list[str], predicted: list[str], probab
             spine.set_visible(wrong)
             spine.set_color(WRONG_COLOR)
             spine.set_linewidth(3)
+    return _save(fig, path)
+
+
+def accuracy_vs_latency(measured: pd.DataFrame, objective: str, mode: str, exported_id: str | None,
+                        limit: float | None, path: Path) -> Path:
+    """The measured trials (`trial_id`, `trial_number`, `objective`, `batch1_p50_ms`) at their
+    batch-1 latency and objective, better up; the exported model a star. `limit`: the worst
+    objective `select="fastest_within=D"` accepted, drawn as a dashed line."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    exported = measured["trial_id"] == exported_id
+    ax.scatter(measured["batch1_p50_ms"], measured["objective"], s=45, color="#1f77b4", edgecolor="black",
+               linewidth=0.5, zorder=2, label="measured trial")
+    ax.scatter(measured.loc[exported, "batch1_p50_ms"], measured.loc[exported, "objective"], marker="*", s=320,
+               color="gold", edgecolor="black", zorder=3, label="exported")
+    for _, row in measured.iterrows():
+        ax.annotate(f"#{row['trial_number']}", (row["batch1_p50_ms"], row["objective"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    if limit is not None:
+        ax.axhline(limit, color="#7f7f7f", linestyle="--", zorder=1, label="fastest_within: the worst accepted")
+    latencies = measured["batch1_p50_ms"]
+    if len(latencies) and latencies.min() > 0 and latencies.max() / latencies.min() >= 10:
+        ax.set_xscale("log")  # a backbone and a small convnet differ 100x: a linear axis squeezes one side
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.1, 0.2, 0.5, 1, ...: plain numbers
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(0.12)
+    if mode == "min":
+        ax.invert_yaxis()  # better up, whatever the mode
+    ax.set_xlabel("batch-1 latency, p50 (ms, onnxruntime CPU)")
+    ax.set_ylabel(f"{objective} (better up)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"{objective} against serving latency of the top trials")
     return _save(fig, path)

@@ -1,7 +1,8 @@
 """What a finished search stores so its report can be rebuilt without Ray or training again.
 
 - `report_inputs.json`: the experiment's facts, each trial's id, number, config and error,
-  and the best model's metrics;
+  and the exported model's metrics, with the top trials' measured serving cost and why that
+  model was selected (`best["serving_top_k"]`, `best["selection"]`);
 - `history.parquet`: every trial's epochs (the metrics each epoch reported);
 - `test_predictions.csv` and `test_grid.npz`: the best model on test/ (every image's
   probabilities; the images the report shows);

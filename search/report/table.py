@@ -98,6 +98,25 @@ def trial_table(trials: list[TrialRecord], history: pd.DataFrame, facts: SearchF
     return table(rows, facts.objective, facts.mode)
 
 
+def with_serving(frame: pd.DataFrame, measured: list[dict[str, Any]] | None) -> pd.DataFrame:
+    """`frame` with the measured trials' serving cost as `serving.*` columns (`search.best.candidates`:
+    parameters, ONNX bytes, onnxruntime CPU latency and throughput, or why it is missing); empty
+    for the trials not measured. No columns for a run stored before they were measured."""
+    if not measured:
+        return frame
+    by_trial = {row["trial_id"]: row for row in measured}
+    names = dict.fromkeys(name for row in measured for name in row
+                          if name not in ("trial_id", "trial_number", "objective", "arch"))
+    frame = frame.copy()
+    for name in names:
+        values = [by_trial.get(t, {}).get(name) for t in frame["trial_id"]]
+        # A Series infers float64 (NaN where not measured) for the numbers, object for the errors.
+        column = pd.Series(values, index=frame.index)
+        whole = all(isinstance(v, int) for v in values if v is not None)
+        frame[f"serving.{name}"] = column.astype("Int64") if whole else column
+    return frame
+
+
 def time_split(frame: pd.DataFrame, facts: SearchFacts) -> dict[str, float] | None:
     """Where the search's slot time went: its wall time x the trials it ran at once, split into
     the trials' training (`train_time_s`: epochs, validation), their start-up (`startup_s`) and

@@ -12,20 +12,25 @@ import pandas as pd
 import pytest
 
 from search import load_best
+from search.report.__main__ import main as report_main
 from search.run import main
 from tests.conftest import cli_env, leftovers, write_experiment
 
 # Six trials, two fit at once. The first two recipes learn; the four after them barely move
 # (lr 1e-6), so ASHA, comparing them at its rungs with the first two, must stop some.
+# The first two are 8x wider, a slower graph: every val_loss is within 10 of the best, so
+# select= must export the best of the narrow trials among the top 5 measured, by its latency.
 ASHA_EXPERIMENT = """
 name="asha",
 data="{data}",
 image_size_px=32,
 weights="none",
-space=Space(arch="small_cnn", cnn_width=8, cnn_depth=2, batch_size=16, augment=0.0, dropout=0.0,
+space=Space(arch="small_cnn", cnn_width=Choice(8, 64), cnn_depth=2, batch_size=16, augment=0.0, dropout=0.0,
             optimizer="adam", lr={{"adam": LogUniform(1e-6, 3e-2)}}),
-recipes=[{{"lr": 1e-2}}, {{"lr": 2e-2}}, {{"lr": 1e-6}}, {{"lr": 1.1e-6}}, {{"lr": 1.2e-6}}, {{"lr": 1.3e-6}}],
+recipes=[{{"lr": 1e-2, "cnn_width": 64}}, {{"lr": 2e-2, "cnn_width": 64}}, {{"lr": 1e-6, "cnn_width": 8}},
+         {{"lr": 1.1e-6, "cnn_width": 8}}, {{"lr": 1.2e-6, "cnn_width": 8}}, {{"lr": 1.3e-6, "cnn_width": 8}}],
 objective="val_loss",
+select="fastest_within=10",
 budget=Budget(trials=6, max_epochs=4, grace_period_epochs=1, reduction_factor=2),
 resources=Resources(workers=1, cpus_per_worker=1),
 """
@@ -79,14 +84,44 @@ def test_report_table_has_a_row_per_trial_with_metrics_and_params(asha_run) -> N
     assert sorted(csv["param.lr"].round(9)) == sorted([1e-2, 2e-2, 1e-6, 1.1e-6, 1.2e-6, 1.3e-6])
 
 
-def test_best_model_is_exported_and_loads_in_one_line(asha_run, coats: Path) -> None:
+def test_the_fastest_of_the_top_5_within_the_tolerance_is_exported_with_the_figures(asha_run) -> None:
     _, out = asha_run
     meta = json.loads((out / "best" / "meta.json").read_text())
     report = pd.read_csv(out / "report.csv")
-    assert meta["trial_id"] == report["trial_id"].iloc[0]
+    top = meta["serving_top_k"]
+    assert [t["trial_id"] for t in top] == list(report["trial_id"].head(5))
+    assert all(t["parameters"] > 0 and t["onnx_bytes"] > 0 and 0 < t["batch1_p50_ms"] <= t["batch1_p95_ms"]
+               and t["batch32_images_per_s"] > 0 for t in top)
+    narrow = report.head(5)[report.head(5)["param.cnn_width"] == 8]  # one graph: measured once, equal figures
+    assert len({t["batch1_p50_ms"] for t in top if t["trial_id"] in set(narrow["trial_id"])}) == 1
+    narrow_p50 = next(t["batch1_p50_ms"] for t in top if t["trial_id"] in set(narrow["trial_id"]))
+    assert all(t["batch1_p50_ms"] > narrow_p50 for t in top if t["trial_id"] not in set(narrow["trial_id"]))
+    selection = meta["selection"]
+    assert meta["trial_id"] == selection["chosen"]["trial_id"] == narrow["trial_id"].iloc[0]
+    assert selection["best"]["trial_id"] == report["trial_id"].iloc[0] != meta["trial_id"]  # a learner: wide
+    assert selection["fallback"] is None
+    assert selection["rule"] == "fastest_within=10" and selection["tolerance"] == 10
+    assert selection["chosen"]["objective"] == pytest.approx(meta["metrics"]["val_loss"])
+    assert selection["best"]["objective"] == pytest.approx(report["val_loss"].iloc[0])
+    assert selection["chosen"]["batch1_p50_ms"] == min(t["batch1_p50_ms"] for t in top)
+    # The leaderboard's columns, the plot and the sentence, and the same again rebuilt without Ray.
+    measured = report["serving.batch1_p50_ms"]
+    assert measured.head(5).tolist() == [t["batch1_p50_ms"] for t in top] and measured.iloc[5:].isna().all()
+    page = (out / "report.md").read_text()
+    assert selection["reason"] in page and "| p50_ms |" in page and f"Chosen: trial {meta['trial_id']}" in page
+    assert (out / "plots" / "accuracy_vs_latency.png").is_file()
+    (out / "report.md").unlink()
+    assert report_main([str(out)]) == 0
+    assert (out / "report.md").read_text() == page
+    assert pd.read_csv(out / "report.csv").equals(report)
+
+
+def test_best_model_is_exported_and_loads_in_one_line(asha_run, coats: Path) -> None:
+    _, out = asha_run
+    meta = json.loads((out / "best" / "meta.json").read_text())
     assert meta["classes"] == ["blotches", "rosettes", "spots", "stripes"]
     assert meta["preprocess"]["resize"] == [32, 32] and len(meta["preprocess"]["mean"]) == 3
-    assert meta["arch"] == "small_cnn" and meta["config"]["lr"] in (1e-2, 2e-2)
+    assert meta["arch"] == "small_cnn" and meta["config"]["cnn_width"] == 8
     assert {"val_acc", "val_loss", "test_acc", "test_ece", "test_ece_calibrated"} <= set(meta["metrics"])
     assert 0.05 <= meta["temperature"] <= 20  # fitted on the val split
     assert meta["tta"]["mode"] in (None, "flip") and (meta["tta"]["mode"] == "flip") == (

@@ -63,6 +63,15 @@ def test_unknown_field_names_it_and_suggests_the_closest() -> None:
     (lambda: Experiment(name="x", data="d", concurrency=True), "Experiment.concurrency", True),
     (lambda: Experiment(name="x", data="d", seed=-5), "Experiment.seed", -5),
     (lambda: Experiment(name="x", data="d", seed=2**32), "Experiment.seed", 2**32),
+    (lambda: Experiment(name="x", data="d", select="fastest"), "Experiment.select", "fastest"),
+    (lambda: Experiment(name="x", data="d", select="fastest_within=-0.01"), "Experiment.select",
+     "fastest_within=-0.01"),
+    (lambda: Experiment(name="x", data="d", select="fastest_within="), "Experiment.select", "fastest_within="),
+    (lambda: Experiment(name="x", data="d", select="fastest_within=a lot"), "Experiment.select",
+     "fastest_within=a lot"),
+    (lambda: Experiment(name="x", data="d", select="fastest_within=inf"), "Experiment.select", "fastest_within=inf"),
+    (lambda: Experiment(name="x", data="d", select="latency_within=0.1"), "Experiment.select", "latency_within=0.1"),
+    (lambda: Experiment(name="x", data="d", select=0.01), "Experiment.select", 0.01),
 ])
 def test_bad_values_name_field_value_and_what_is_allowed(make, field: str, value) -> None:
     with pytest.raises(SpecError) as err:
@@ -71,6 +80,20 @@ def test_bad_values_name_field_value_and_what_is_allowed(make, field: str, value
     assert err.value.value == value
     assert repr(value) in str(err.value) and err.value.allowed
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("select, tolerance", [
+    ("accuracy", None), ("fastest_within=0.01", 0.01), ("fastest_within=0", 0.0), ("fastest_within=2e-3", 0.002),
+])
+def test_select_takes_accuracy_or_fastest_within_a_tolerance(select: str, tolerance: float | None) -> None:
+    assert Experiment(name="x", data="d", select=select).tolerance == tolerance
+    assert Experiment(name="x", data="d").select == "accuracy"
+
+
+def test_a_bad_select_says_what_is_allowed() -> None:
+    with pytest.raises(SpecError) as err:
+        Experiment(name="x", data="d", select="fastest_within=-1")
+    assert "'accuracy', or 'fastest_within=D' with D a number >= 0" in err.value.allowed
 
 
 PINNED = Space(arch="small_cnn", optimizer="adam", lr={"adam": LogUniform(1e-4, 1e-2)})

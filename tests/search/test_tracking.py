@@ -5,6 +5,8 @@ best model logged with its signature; a --resume goes on in the same runs."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,14 +36,17 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`mlflow server` on a free local port, a SQLite store and a local artifact folder."""
+    """`mlflow server` on a free local port, a SQLite store and a local artifact folder; without
+    its job runner (seven worker processes this test never uses), in a process group of its own
+    so that uvicorn goes with it."""
     folder = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
     log = (folder / "server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "art")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
@@ -50,11 +55,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 break
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
+                os.killpg(server.pid, signal.SIGKILL)
                 pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
     yield uri
-    server.terminate()
+    os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
 
 
@@ -97,6 +102,8 @@ def test_a_search_is_a_parent_run_with_a_run_per_trial_and_the_best_model(
         last = history[history["trial_id"] == row["trial_id"]].sort_values("epoch").iloc[-1]
         assert child.data.metrics["val_acc"] == pytest.approx(last["val_acc"])
         assert "pid" not in child.data.metrics and "timestamp" not in child.data.metrics  # Tune's bookkeeping
+    # TensorBoard's event files, one per trial (`tensorboard --logdir OUT/tune`)
+    assert len({p.parent for p in (out / "tune").glob("*/events.out.tfevents.*")}) == len(report)
     assert parent.data.metrics["best_test_acc"] == pytest.approx(summary["best"]["test_acc"])
     assert parent.data.tags["imagesearch.best_trial"] == summary["best_trial"]
 

@@ -1,0 +1,69 @@
+"""The serving cost of the leaderboard's top trials, measured before one of them is exported.
+
+Latency and size depend on the graph alone (the architecture's shape and the image size), not
+on the trained weights, so each distinct graph is built once with random weights (no checkpoint
+is loaded), exported to ONNX in a temporary folder and timed with onnxruntime on the CPU; trials
+sharing a graph share its figures. `Experiment.select` chooses among them (`search.best.select`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.best import serving
+from search.best.onnx import export_onnx
+from trainables.hparams import HParams
+from trainables.models import create_model, graph_key
+
+TOP_K = 5
+# The exported model gets `serving.BUDGET_S` per measurement; a candidate only needs its p50
+# to rank against the others, which 1 s of batch-1 runs gives for models up to ~100 ms (and
+# at least one run beyond), so 5 distinct graphs add ~10 s of timing to an export, not 40.
+CANDIDATE_BUDGET_S = 1.0
+FIGURES = ("parameters", "onnx_bytes", "batch1_p50_ms", "batch1_p95_ms", "batch32_images_per_s")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A leaderboard trial to measure: its id, creation number, objective and hyperparameters."""
+
+    trial_id: str
+    trial_number: int
+    objective: float
+    hp: HParams
+
+
+def measure_top(trials: list[Trial], num_classes: int, image_size_px: int) -> tuple[list[dict[str, Any]], float]:
+    """Each trial's figures (`FIGURES`, or `error`), in the given order, and the seconds spent."""
+    started = time.perf_counter()
+    by_graph: dict[tuple[object, ...], dict[str, Any]] = {}
+    rows = []
+    for trial in trials:
+        key = graph_key(trial.hp)
+        if key not in by_graph:
+            by_graph[key] = measure_graph(trial.hp, num_classes, image_size_px)
+        rows.append({"trial_id": trial.trial_id, "trial_number": trial.trial_number, "objective": trial.objective,
+                     "arch": trial.hp.arch, **by_graph[key]})
+    return rows, round(time.perf_counter() - started, 2)
+
+
+def measure_graph(hp: HParams, num_classes: int, image_size_px: int) -> dict[str, Any]:
+    """Parameters, ONNX size and onnxruntime CPU figures of `hp`'s graph with random weights,
+    or {"error": why} (a measurement: a failure is recorded, never raised)."""
+    try:
+        model = create_model(num_classes, hp, load_weights=False).eval()
+        figures: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters())}
+        with tempfile.TemporaryDirectory(prefix="candidate-") as folder:
+            onnx = export_onnx(model, Path(folder), image_size_px)
+            if "error" in onnx:
+                return {**figures, "error": f"no ONNX export: {onnx['error']}"}
+            figures["onnx_bytes"] = (Path(folder) / onnx["file"]).stat().st_size
+            cpu = serving.onnxruntime_cpu(Path(folder) / onnx["file"], onnx["input"], image_size_px,
+                                          budget_s=CANDIDATE_BUDGET_S)
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {err}"[:300]}
+    return {**figures, **{name: cpu[name] for name in FIGURES if name in cpu}}
