@@ -244,7 +244,7 @@ def select_tolerance(select: str) -> float | None:
     """D of `Experiment.select="fastest_within=D"`, None for "accuracy"; SpecError otherwise."""
     if select == "accuracy":
         return None
-    name, _, number = select.partition("=")
+    name, _, number = select.partition("=") if isinstance(select, str) else ("", "", "")
     try:
         tolerance = float(number) if name == "fastest_within" else math.nan
     except ValueError:
