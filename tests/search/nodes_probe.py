@@ -47,7 +47,9 @@ def main(experiment: str, out: str, result: str) -> None:
                   for a in state.actors().values()]
         ray.shutdown()
         Path(result).write_text(json.dumps({
-            "exit_code": search.returncode, "output": output[-20000:], "head": cluster.head_node.node_id,
+            "exit_code": search.returncode, "output": output[-20000:],
+            # counted over the whole output: the tail above may start after the retries' lines
+            "retries": output.count("retrying from its last checkpoint"), "head": cluster.head_node.node_id,
             "killed": first.node_id, "joined": second.node_id, "rejoined_s": rejoined_s, "actors": actors}))
     finally:
         cluster.shutdown()

@@ -47,7 +47,7 @@ def test_a_lost_worker_node_costs_no_trial_and_at_most_the_epoch_it_was_training
     assert probe["exit_code"] == 0, probe["output"]
     report = pd.read_csv(out / "report.csv", dtype={"trial_id": str})
     assert len(report) == TRIALS and set(report["status"]) <= {"completed", "early_stopped"}, report
-    assert "retrying from its last checkpoint" in probe["output"]
+    assert probe["retries"] >= 1, probe["output"]  # search/trial.py's "retrying from its last checkpoint"
     # Each trial's epochs reached Tune once each, in order: a retried trial went on from its
     # last checkpoint, so the node's loss cost it only the epoch in progress.
     for result in out.glob("tune/run_trial_*/result.json"):
