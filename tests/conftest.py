@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--all-kill-moments", action="store_true",
                      help="kill-and-resume drills at every moment (CI runs a few)")
+    parser.addoption("--all-tutorials", action="store_true",
+                     help="every tutorial's --smoke run (CI runs carnivores'; the others differ in their data only)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -26,7 +26,7 @@ TRIALS, EPOCHS = 4, 3
 # When to kill: once the trials have reported this many epochs in all, or once the end of the
 # search has begun writing the report, the export or the summary. Progress, not seconds: the
 # same moment whatever the machine's load.
-CI_MOMENTS = ("1 epoch", "4 epochs", "export")
+CI_MOMENTS = ("4 epochs", "export")
 ALL_MOMENTS = tuple(f"{n} epoch{'s' * (n > 1)}" for n in range(1, 8)) + ("report", "export", "summary")
 
 

@@ -328,3 +328,22 @@ def test_top_k_keeps_the_likeliest_classes_and_the_errors() -> None:
     assert table.iloc[1]["error"] == "OSError: bad"
     with pytest.raises(ValueError, match="1 to 3"):
         top_k(frame, CLASSES, 4)
+
+
+def test_a_quick_export_for_timing_gives_the_same_logits_and_falls_back_where_refused(tmp_path: Path) -> None:
+    """The candidates' ONNX (timed, never shipped: search.best.candidates) comes from torch's
+    TorchScript exporter where it takes the graph, in a second instead of ten for an Inception."""
+    from search.best.onnx import _torchscript_export, export_onnx
+
+    images = torch.rand(3, 3, 90, 90)  # the small CNN pools 22x22 to 4x4, which that exporter refuses
+    for arch, takes in (("inception_partial", True), ("small_cnn", False)):
+        model = models.create_model(3, HP.replace(arch=arch, weights="none", unfrozen_blocks=1),
+                                    load_weights=False).eval()
+        folder = tmp_path / arch
+        folder.mkdir()
+        assert _torchscript_export(model, images, folder / "probe.onnx", folder / "probe.log") is takes
+        entry = export_onnx(model, folder, 90, quick=True)
+        session = ort.InferenceSession(str(folder / entry["file"]), providers=["CPUExecutionProvider"])
+        (logits,) = session.run(None, {entry["input"]: images.numpy()})
+        with torch.no_grad():
+            np.testing.assert_allclose(logits, model(images).numpy(), rtol=1e-3, atol=1e-4)
