@@ -56,7 +56,7 @@ IN_CI = "carnivores"  # the others' files are checked above; `pytest --all-tutor
 def test_smoke_runs_on_a_stand_in_with_the_tutorials_classes(name: str, torch_home: Path, tmp_path: Path,
                                                              request: pytest.FixtureRequest) -> None:
     if name != IN_CI and not request.config.getoption("--all-tutorials"):
-        pytest.skip(f"pytest --all-tutorials runs it (CI runs {IN_CI}'s)")
+        pytest.skip(f"pytest --all-tutorials runs it (CI runs only {IN_CI})")
     classes = TUTORIALS[name]
     data = generate_coats(tmp_path / "data", train_per_class=10, test_per_class=2, size_px=100, classes=classes)
     env = {**cli_env(), "TORCH_HOME": str(torch_home)}
