@@ -19,7 +19,7 @@ from ray import tune
 
 from search.best import export
 from search.best.calibration import calibrate, choose_tta, softmax
-from search.best.candidates import TOP_K, Trial, measure_top
+from search.best.candidates import TOP_K, Trial, measure_others, measure_top
 from search.best.select import Candidate, choose
 from search.files import BEST_DIR, META_FILE, REPORT_HTML, STATE_FILE, STUDY_FILE
 from search.report import stored, table
@@ -149,14 +149,16 @@ def _select(usable: pd.DataFrame, run: stored.StoredRun, experiment: Experiment,
     """The trial `experiment.select` exports, from the leaderboard's top trials and their measured
     serving cost; and what meta.json and the report keep of it (the figures, the rule's outcome)."""
     configs = {t.trial_id: t.config for t in run.trials}
-    top = usable.head(TOP_K)
     trials = [Trial(row["trial_id"], int(row["trial_number"]), float(row[experiment.objective]),
-                    hparams(configs[row["trial_id"]], experiment.weights)) for _, row in top.iterrows()]
-    figures, seconds = measure_top(trials, num_classes, experiment.image_size_px)
+                    hparams(configs[row["trial_id"]], experiment.weights)) for _, row in usable.iterrows()]
+    by_graph: dict = {}
+    figures, seconds = measure_top(trials[:TOP_K], num_classes, experiment.image_size_px, by_graph)
     candidates = [Candidate(f["trial_id"], f["trial_number"], f["objective"], f.get("batch1_p50_ms")) for f in figures]
     selection = choose(candidates, experiment.select, experiment.tolerance, experiment.objective, experiment.mode)
-    chosen = top[top["trial_id"] == selection.chosen.trial_id].iloc[0]
-    return chosen, {"selection": {**selection.to_dict(), "measure_s": seconds}, "serving_top_k": figures}
+    chosen = usable[usable["trial_id"] == selection.chosen.trial_id].iloc[0]
+    others = measure_others(trials[TOP_K:], num_classes, experiment.image_size_px, by_graph)
+    return chosen, {"selection": {**selection.to_dict(), "measure_s": seconds}, "serving_top_k": figures,
+                    "serving_others": others, "serving_unmeasured": len(trials[TOP_K:]) - len(others)}
 
 
 def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment, arrays: ArrayData,
@@ -177,7 +179,8 @@ def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment,
                    test_ece_calibrated=calibrated["test_ece_after"])
     exported = export.export_best(output.local, {"epoch": state["epoch"], "model": model.cpu().state_dict()},
                                   arrays.classes, hp, metrics, best["trial_id"], experiment.image_size_px,
-                                  temperature=calibrated["temperature"], tta=tta, extra=chosen_by)
+                                  temperature=calibrated["temperature"], tta=tta,
+                                  extra={k: chosen_by[k] for k in ("selection", "serving_top_k")})
     serving = json.loads((exported / META_FILE).read_text()).get("serving")
     shown = table.grid_indices(predictions)
     run = stored.StoredRun(

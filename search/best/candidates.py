@@ -37,18 +37,46 @@ class Trial:
     hp: HParams
 
 
-def measure_top(trials: list[Trial], num_classes: int, image_size_px: int) -> tuple[list[dict[str, Any]], float]:
-    """Each trial's figures (`FIGURES`, or `error`), in the given order, and the seconds spent."""
+# The other finished trials are measured for the accuracy-against-latency plot only, while
+# this budget lasts: their graphs mostly repeat the top trials' (no cost), and a search of
+# many distinct backbones must not add minutes to its export for a plot.
+OTHERS_BUDGET_S = 30.0
+Graphs = dict[tuple[object, ...], dict[str, Any]]
+
+
+def measure_top(trials: list[Trial], num_classes: int, image_size_px: int,
+                by_graph: Graphs | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Each trial's figures (`FIGURES`, or `error`), in the given order, and the seconds spent.
+    `by_graph`: figures measured before, by `graph_key` (filled with the new ones)."""
     started = time.perf_counter()
-    by_graph: dict[tuple[object, ...], dict[str, Any]] = {}
+    by_graph = {} if by_graph is None else by_graph
     rows = []
     for trial in trials:
         key = graph_key(trial.hp)
         if key not in by_graph:
             by_graph[key] = measure_graph(trial.hp, num_classes, image_size_px)
-        rows.append({"trial_id": trial.trial_id, "trial_number": trial.trial_number, "objective": trial.objective,
-                     "arch": trial.hp.arch, **by_graph[key]})
+        rows.append(_row(trial, by_graph[key]))
     return rows, round(time.perf_counter() - started, 2)
+
+
+def measure_others(trials: list[Trial], num_classes: int, image_size_px: int, by_graph: Graphs,
+                   budget_s: float = OTHERS_BUDGET_S) -> list[dict[str, Any]]:
+    """The figures of those `trials` whose graph was measured already, or could be within
+    `budget_s`; the others are left out (the report says how many)."""
+    started = time.perf_counter()
+    rows = []
+    for trial in trials:
+        key = graph_key(trial.hp)
+        if key not in by_graph and time.perf_counter() - started < budget_s:
+            by_graph[key] = measure_graph(trial.hp, num_classes, image_size_px)
+        if key in by_graph:
+            rows.append(_row(trial, by_graph[key]))
+    return rows
+
+
+def _row(trial: Trial, figures: dict[str, Any]) -> dict[str, Any]:
+    return {"trial_id": trial.trial_id, "trial_number": trial.trial_number, "objective": trial.objective,
+            "arch": trial.hp.arch, **figures}
 
 
 def measure_graph(hp: HParams, num_classes: int, image_size_px: int) -> dict[str, Any]:

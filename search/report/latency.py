@@ -64,14 +64,23 @@ def latency_blocks(run: StoredRun, plots_dir: Path) -> list[Block]:
     limit = None
     if tolerance is not None and not selection.get("fallback"):
         limit = selection["best"]["objective"] + (-tolerance if run.facts.mode == "max" else tolerance)
+    others = pd.DataFrame(best.get("serving_others") or [])
+    if not others.empty and "batch1_p50_ms" in others:
+        others = others[others["batch1_p50_ms"].notna()]
     path = plots.accuracy_vs_latency(timed, objective, run.facts.mode, best.get("trial_id"), limit,
-                                     plots_dir / "accuracy_vs_latency.png")
+                                     plots_dir / "accuracy_vs_latency.png", others=others)
     seconds = selection.get("measure_s")
-    caption = (f"The top {len(measured)} trials of the leaderboard: best {objective} against onnxruntime's "
+    unmeasured = best.get("serving_unmeasured") or 0
+    caption = (f"The top {len(measured)} trials of the leaderboard"
+               + (f" and {len(others)} other finished trial{'s' * (len(others) != 1)} (grey)" if len(others) else "")
+               + f": best {objective} against onnxruntime's "
                "CPU latency for one image (p50) on the machine that ran the export, each graph built with "
                "random weights (latency does not depend on them) and measured once"
-               + (f", in {seconds:.1f} s in all" if seconds is not None else "")
+               + (f", the top trials' in {seconds:.1f} s in all" if seconds is not None else "")
                + "; the star is the exported model."
+               + (f" Not shown: {unmeasured} other finished trial{'s' * (unmeasured != 1)} with a graph of its own "
+                  "(measuring every graph would have taken longer than the export allows for this plot)."
+                  if unmeasured else "")
                + (f" Not measured: {', '.join(failed)} (see `serving.error` in the leaderboard's csv)." if failed
                   else ""))
     return [Heading(f"{objective} against serving latency"), Picture(path, caption)]

@@ -247,15 +247,22 @@ def image_grid(images: np.ndarray, true: list[str], predicted: list[str], probab
 
 
 def accuracy_vs_latency(measured: pd.DataFrame, objective: str, mode: str, exported_id: str | None,
-                        limit: float | None, path: Path) -> Path:
+                        limit: float | None, path: Path, others: pd.DataFrame | None = None) -> Path:
     """The measured trials (`trial_id`, `trial_number`, `objective`, `batch1_p50_ms`) at their
     batch-1 latency and objective, better up; the exported model a star. `limit`: the worst
-    objective `select="fastest_within=D"` accepted, drawn as a dashed line."""
+    objective `select="fastest_within=D"` accepted, drawn as a dashed line. `others`: the
+    finished trials below the top ones, in grey."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
+    if others is not None and len(others):
+        ax.scatter(others["batch1_p50_ms"], others["objective"], s=25, color="#bbbbbb", edgecolor="#777777",
+                   linewidth=0.5, zorder=1, label="other finished trial")
+        measured_all = pd.concat([measured, others], ignore_index=True)
+    else:
+        measured_all = measured
     exported = measured["trial_id"] == exported_id
     ax.scatter(measured["batch1_p50_ms"], measured["objective"], s=45, color="#1f77b4", edgecolor="black",
-               linewidth=0.5, zorder=2, label="measured trial")
+               linewidth=0.5, zorder=2, label="top trial (leaderboard)")
     ax.scatter(measured.loc[exported, "batch1_p50_ms"], measured.loc[exported, "objective"], marker="*", s=320,
                color="gold", edgecolor="black", zorder=3, label="exported")
     for _, row in measured.iterrows():
@@ -263,7 +270,7 @@ def accuracy_vs_latency(measured: pd.DataFrame, objective: str, mode: str, expor
                     xytext=(6, 4), fontsize=8)
     if limit is not None:
         ax.axhline(limit, color="#7f7f7f", linestyle="--", zorder=1, label="fastest_within: the worst accepted")
-    latencies = measured["batch1_p50_ms"]
+    latencies = measured_all["batch1_p50_ms"]
     if len(latencies) and latencies.min() > 0 and latencies.max() / latencies.min() >= 10:
         ax.set_xscale("log")  # a backbone and a small convnet differ 100x: a linear axis squeezes one side
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.1, 0.2, 0.5, 1, ...: plain numbers
@@ -276,5 +283,5 @@ def accuracy_vs_latency(measured: pd.DataFrame, objective: str, mode: str, expor
     ax.set_ylabel(f"{objective} (better up)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    ax.set_title(f"{objective} against serving latency of the top trials")
+    ax.set_title(f"{objective} against serving latency of the finished trials")
     return _save(fig, path)

@@ -2,7 +2,8 @@
 
 - `report_inputs.json`: the experiment's facts, each trial's id, number, config and error,
   and the exported model's metrics, with the top trials' measured serving cost and why that
-  model was selected (`best["serving_top_k"]`, `best["selection"]`);
+  model was selected (`best["serving_top_k"]`, `best["selection"]`; the other finished
+  trials' figures for the plot, `best["serving_others"]`);
 - `history.parquet`: every trial's epochs (the metrics each epoch reported);
 - `test_predictions.csv` and `test_grid.npz`: the best model on test/ (every image's
   probabilities; the images the report shows);

@@ -110,6 +110,11 @@ def test_the_fastest_of_the_top_5_within_the_tolerance_is_exported_with_the_figu
     page = (out / "report.md").read_text()
     assert selection["reason"] in page and "| p50_ms |" in page and f"Chosen: trial {meta['trial_id']}" in page
     assert (out / "plots" / "accuracy_vs_latency.png").is_file()
+    # The plot also shows the finished trials below the top 5 (here one, of a graph measured already).
+    stored_best = json.loads((out / "report_inputs.json").read_text())["best"]
+    assert [t["trial_id"] for t in stored_best["serving_others"]] == list(report["trial_id"].iloc[5:])
+    assert stored_best["serving_unmeasured"] == 0 and "serving_others" not in meta
+    assert "and 1 other finished trial (grey)" in page
     (out / "report.md").unlink()
     assert report_main([str(out)]) == 0
     assert (out / "report.md").read_text() == page

@@ -96,3 +96,19 @@ def test_a_graph_is_measured_with_random_weights_and_a_failure_is_recorded() -> 
     assert figures["parameters"] > 0 and figures["onnx_bytes"] > 0
     assert 0 < figures["batch1_p50_ms"] <= figures["batch1_p95_ms"] and figures["batch32_images_per_s"] > 0
     assert "error" in measure_graph(SMALL.replace(arch="no_such_arch"), 3, 16)
+
+
+def test_the_other_finished_trials_reuse_measured_graphs_and_stop_at_the_budget(monkeypatch) -> None:
+    """For the plot only: a graph the top trials measured costs nothing; new graphs only while
+    the budget lasts, and the trials left out are simply not listed."""
+    calls = []
+    monkeypatch.setattr(candidates, "measure_graph",
+                        lambda hp, n, px: calls.append(hp.cnn_width) or {"batch1_p50_ms": float(hp.cnn_width)})
+    base = Trial("t0", 1, 0.9, SMALL.replace(cnn_width=8))
+    by_graph: dict = {}
+    candidates.measure_top([base], 4, 16, by_graph)
+    others = [Trial(f"t{i}", i + 1, 0.5, SMALL.replace(cnn_width=w)) for i, w in enumerate((8, 16, 32), 1)]
+    rows = candidates.measure_others(others, 4, 16, by_graph, budget_s=0.0)
+    assert [r["trial_id"] for r in rows] == ["t1"] and calls == [8]  # t1 shares the top trial's graph
+    rows = candidates.measure_others(others, 4, 16, by_graph, budget_s=60.0)
+    assert [r["trial_id"] for r in rows] == ["t1", "t2", "t3"] and calls == [8, 16, 32]
