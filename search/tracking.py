@@ -89,12 +89,15 @@ def open_tracking(uri: str | None, experiment: Experiment, out: Path, display: s
     chosen = uri or saved["uri"]
     try:
         check(chosen)
-        return _parent_run(chosen, experiment, out, display, saved if saved and saved["uri"] == chosen else None)
-    except SpecError:
+        try:
+            return _parent_run(chosen, experiment, out, display, saved if saved and saved["uri"] == chosen else None)
+        except Exception as err:  # the server answered but refused: a login, a read-only store, ...
+            raise SpecError("--mlflow", chosen, f"a tracking server that takes runs ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
+    except SpecError as err:
         if uri is not None:
             raise
-        print(f"warning: not tracked in MLflow this time: {chosen} (from {TRACKING_FILE}) did not answer",
-              flush=True)
+        print(f"warning: not tracked in MLflow this time ({err}; the URI is from {TRACKING_FILE})", flush=True)
         return None
 
 
@@ -130,12 +133,19 @@ def _parent_run(uri: str, experiment: Experiment, out: Path, display: str, saved
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
+    if saved is not None and not _run_exists(client, saved["run_id"]):
+        print(f"Tracking in MLflow: run {saved['run_id']} is gone from {uri}; a new one holds the search from now on",
+              flush=True)
+        saved = None
     if saved is not None:
         client.update_run(saved["run_id"], status="RUNNING")
         tracking = Tracking(uri, saved["experiment_id"], saved["run_id"])
         print(f"Tracking in MLflow: {uri}, run {tracking.run_id} (continued)", flush=True)
         return tracking
     found = client.get_experiment_by_name(experiment.name)
+    if found is not None and found.lifecycle_stage == "deleted":  # in MLflow's trash, where no run can go
+        client.restore_experiment(found.experiment_id)
+        print(f"Tracking in MLflow: experiment {experiment.name!r} restored from MLflow's trash", flush=True)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment.name)
     run = client.create_run(experiment_id, run_name=experiment.name,
                             tags={OUT_TAG: display, "mlflow.source.name": "python -m search.run"})
@@ -144,6 +154,15 @@ def _parent_run(uri: str, experiment: Experiment, out: Path, display: str, saved
     write_json(out / TRACKING_FILE, asdict(tracking))
     print(f"Tracking in MLflow: {uri}, experiment {experiment.name!r}, run {tracking.run_id}", flush=True)
     return tracking
+
+
+def _run_exists(client: MlflowClient, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).info.lifecycle_stage != "deleted"
+    except MlflowException:
+        return False
 
 
 def _settings(experiment: Experiment) -> dict[str, Any]:

@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 
 from search.run import main
-from search.tracking import OUT_TAG, PARENT_TAG, STATUS_TAG, TRIAL_TAG
+from search.spec import Experiment
+from search.tracking import OUT_TAG, PARENT_TAG, STATUS_TAG, TRIAL_TAG, open_tracking
 from tests.conftest import tiny_experiment
 
 pytestmark = pytest.mark.slow
@@ -135,3 +136,25 @@ def _children(client, saved: dict[str, str]) -> dict[str, object]:
     runs = client.search_runs([saved["experiment_id"]], filter_string=f"tags.`{PARENT_TAG}` = '{saved['run_id']}'",
                               max_results=100)
     return {run.data.tags[TRIAL_TAG]: run for run in runs}
+
+
+def test_a_resume_finds_a_new_run_for_a_deleted_one_and_goes_on_untracked_without_its_server(
+        mlflow_server: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    client, experiment, out = mlflow.MlflowClient(mlflow_server), Experiment(name="gone", data="d"), tmp_path / "out"
+    out.mkdir()
+    first = open_tracking(mlflow_server, experiment, out, "out", resume=False)
+    assert open_tracking(None, experiment, out, "out", resume=True) == first  # mlflow.json: the same run
+    client.delete_run(first.run_id)
+    second = open_tracking(None, experiment, out, "out", resume=True)
+    assert second.run_id != first.run_id and json.loads((out / "mlflow.json").read_text())["run_id"] == second.run_id
+    # An experiment in MLflow's trash is restored for a new search of its name (MLflow refuses a new one).
+    client.delete_experiment(second.experiment_id)
+    third = open_tracking(mlflow_server, experiment, tmp_path, "elsewhere", resume=False)
+    assert third.experiment_id == second.experiment_id
+    assert client.get_experiment(third.experiment_id).lifecycle_stage == "active"
+    # A resume whose server is gone goes on untracked, saying why; a new search naming it is refused.
+    saved = json.loads((out / "mlflow.json").read_text())
+    (out / "mlflow.json").write_text(json.dumps({**saved, "uri": f"http://127.0.0.1:{_free_port()}"}))
+    capsys.readouterr()
+    assert open_tracking(None, experiment, out, "out", resume=True) is None
+    assert "not tracked in MLflow this time" in capsys.readouterr().out
