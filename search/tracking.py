@@ -289,6 +289,7 @@ def _finish(tracking: Tracking, out: Path, summary: dict[str, Any], interrupted:
             client.set_terminated(run.info.run_id, status="KILLED")
     best = summary.get("best") or {}
     metrics = {f"best_{k}": v for k, v in best.items() if isinstance(v, (int, float))}
+    metrics.update(_serving(out / BEST_DIR / META_FILE))
     client.log_batch(tracking.run_id, metrics=_metrics(metrics, 0), tags=_tags(summary))
     for name in (REPORT_HTML, REPORT_CSV, SUMMARY_FILE, EXPERIMENT_FILE):
         if (out / name).is_file():
@@ -305,6 +306,17 @@ def _statuses(out: Path) -> dict[str, str]:
     except (OSError, ValueError):
         return {}
     return dict(zip(frame["trial_id"].astype(str), frame["status"].astype(str)))
+
+
+def _serving(meta_file: Path) -> dict[str, float]:
+    """The exported model's serving cost (meta.json's "serving") as metrics: what teams compare
+    searches by, next to accuracy."""
+    try:
+        serving = json.loads(meta_file.read_text()).get("serving") or {}
+    except (OSError, ValueError):
+        return {}
+    figures = {**{k: v for k, v in serving.items() if k != "onnxruntime_cpu"}, **serving.get("onnxruntime_cpu", {})}
+    return {f"serving_{k}": v for k, v in figures.items() if isinstance(v, (int, float)) and k != "cpus"}
 
 
 def _tags(summary: dict[str, Any]) -> list:

@@ -107,6 +107,9 @@ def test_a_search_is_a_parent_run_with_a_run_per_trial_and_the_best_model(
     assert len({p.parent for p in (out / "tune").glob("*/events.out.tfevents.*")}) == len(report)
     assert parent.data.metrics["best_test_acc"] == pytest.approx(summary["best"]["test_acc"])
     assert parent.data.tags["imagesearch.best_trial"] == summary["best_trial"]
+    serving = json.loads((out / "best" / "meta.json").read_text())["serving"]
+    assert parent.data.metrics["serving_batch1_p50_ms"] == pytest.approx(serving["onnxruntime_cpu"]["batch1_p50_ms"])
+    assert parent.data.metrics["serving_parameters"] == serving["parameters"]
 
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"report.html", "report.csv", "summary.json", "best"} <= artifacts
