@@ -25,6 +25,7 @@ from search.searcher import bind, finished_values, load
 from search.spec import Experiment
 from search.storage import Output
 from search.trial import EpochHook
+from search.tunestate import KeepStateCopy, repair
 from trainables.data import ArrayData
 
 MAX_ROUNDS = 1000
@@ -83,6 +84,9 @@ def _rounds(experiment: Experiment, output: Output, the_plan: tuning.Plan, train
         # would call that an error (its own "no result" exception misses restored trials).
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     done = rounds_in(output) if resume else []
+    if done and not output.remote:
+        for line in repair(output.local / done[-1]):
+            print(line, flush=True)
     for name in done[:-1]:
         outcome.grids.append(tune.Tuner.restore(output.child(name), trainable).get_results())
     if done and tune.Tuner.can_restore(output.child(done[-1])):
@@ -96,7 +100,7 @@ def _rounds(experiment: Experiment, output: Output, the_plan: tuning.Plan, train
                            warm_start=None if done else warm_start)
         done = [*done, round_dir(len(done) + 1)]
     while True:
-        grid, outcome.disk_full = _fit(tuner, experiment, output, rule, callbacks)
+        grid, outcome.disk_full = _fit(tuner, experiment, output, rule, callbacks, done[-1])
         outcome.grids.append(grid)
         if outcome.disk_full or stopped() or rule.ended_by:
             break
@@ -136,13 +140,15 @@ def _new_round(experiment: Experiment, output: Output, the_plan: tuning.Plan, tr
 
 
 def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output, rule: EndRule,
-         callbacks: Sequence[tune.Callback] = ()) -> tuple[tune.ResultGrid, DiskFull | None]:
+         callbacks: Sequence[tune.Callback] = (), name: str | None = None) -> tuple[tune.ResultGrid, DiskFull | None]:
+    """Run the round `name` (its folder in OUT) with this run's callbacks."""
     disk_full = tuning.StopWhenDiskFull(experiment, output)
     if getattr(tuner, "_local_tuner", None) is not None:  # none under Ray Client: the search runs on the cluster
         # Set after the Tuner saved its settings (tuner.pkl), so never restored from them: on a
         # --resume they must act on this run's OUT and budget (Tuner.restore takes neither).
         run_config = tuner._local_tuner.get_run_config()
-        run_config.callbacks.extend([disk_full, *callbacks])
+        keep = [KeepStateCopy(output.local / name)] if name and not output.remote else []
+        run_config.callbacks.extend([disk_full, *keep, *callbacks])
         if rule.time_s is not None:
             run_config.stop = BudgetStopper(rule)
     elif callbacks:
