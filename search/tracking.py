@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
+from ray.tune.utils import flatten_dict
 
 from search.files import (
     BEST_DIR,
@@ -220,7 +221,7 @@ class TrialRuns(MLflowLoggerCallback):
     def _start(self, trial: Trial) -> None:
         run_id = self._trial_runs.get(trial) or self._run_of(trial)
         self._trial_runs[trial] = run_id
-        self._client.log_batch(run_id, params=_params(_flat(trial.config)))
+        self._client.log_batch(run_id, params=_params(flatten_dict(trial.config, delimiter=".")))
 
     def _run_of(self, trial: Trial) -> str:
         """The trial's run: the one an earlier run of this search made for it, or a new one."""
@@ -254,16 +255,6 @@ class TrialRuns(MLflowLoggerCallback):
             self.broken = True
             print(f"warning: MLflow tracking stopped ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                   "the search goes on untracked", flush=True)
-
-
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def finish(tracking: Tracking, out: Path, summary: dict[str, Any], interrupted: bool) -> None:

@@ -41,6 +41,17 @@ def _complete(path: Path) -> str | None:
     return text
 
 
+def _write_whole(path: Path, text: str) -> None:
+    """`text` into `path`, which never holds half of it (a dot-file aside, then renamed)."""
+    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
+
+
 class KeepStateCopy(tune.Callback):
     """Copies each complete experiment state of the round in `folder` to its backup."""
 
@@ -68,13 +79,9 @@ class KeepStateCopy(tune.Callback):
             text = _complete(state)
             if text is None:  # being copied in right now: the next step sees it whole
                 continue
-            target = backup_of(state)
-            partial = target.with_name(f"{target.name}.tmp-{os.getpid()}")
             try:
-                partial.write_text(text)
-                os.replace(partial, target)
+                _write_whole(backup_of(state), text)
             except OSError:  # a full disk: the search's own handling says so; a backup is no reason to fail
-                partial.unlink(missing_ok=True)
                 continue
             self.copied[state] = stamp
 
@@ -92,8 +99,6 @@ def repair(folder: Path) -> list[str]:
             done.append(f"warning: {state} was cut short by the kill and has no complete copy: Tune may start "
                         "this round's trials again")
             continue
-        partial = state.with_name(f".{state.name}.tmp-{os.getpid()}")
-        partial.write_text(text)
-        os.replace(partial, state)
+        _write_whole(state, text)
         done.append(f"{state.name} was cut short by the kill: its last complete copy is restored")
     return done
