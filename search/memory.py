@@ -36,11 +36,15 @@ def decoded_bytes(images: int, size_px: int) -> int:
 
 def check_fits(folder: Path, size_px: int, available: int | None = None) -> None:
     """Refuse a data set whose decoded images need more memory than the driver's machine has."""
-    images = sum(len(items) for items in scan(folder).files.values())
+    check_count_fits(sum(len(items) for items in scan(folder).files.values()), size_px, str(folder), available)
+
+
+def check_count_fits(images: int, size_px: int, data: str, available: int | None = None) -> None:
+    """`check_fits` for `images` images at `data` (a folder or a URI), counted beforehand."""
     need = decoded_bytes(images, size_px)
     have = available_bytes() if available is None else available
     if COPIES * need > have:
-        raise SpecError("--data", str(folder), f"a data set that fits in memory: its {images:,} images at "
+        raise SpecError("--data", data, f"a data set that fits in memory: its {images:,} images at "
                         f"{size_px} px decode to {need / GB:.2f} GB and the search needs about "
                         f"{COPIES * need / GB:.2f} GB, but this machine has {have / GB:.2f} GB available; "
                         f"use a smaller image_size_px ({size_px // 2} px needs a quarter), fewer images, "

@@ -24,13 +24,13 @@ from search.data.progress import DecodeProgress
 from search.data.report import data_report, leakage_warning
 from search.domains import parse_duration, parse_size
 from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMARY_FILE, TRACKING_FILE, TUNE_DIR
-from search.memory import check_fits
+from search.memory import check_count_fits, check_fits
 from search.space import without_random_frozen_backbones
 from search.spec import Experiment, SpecError, load_experiment, replace
 from search.stop import GracefulStop
 from search.storage import Output, display_uri, open_output
 from search.trial import EpochHook
-from trainables import data
+from trainables import data, parallel
 from trainables.archs import WeightsUnavailable
 
 EXIT_USAGE = 2
@@ -140,12 +140,14 @@ def _cache_dir(args: argparse.Namespace) -> Path:
     return Path(args.cache).expanduser() if args.cache else data.default_cache_dir()
 
 
-def _data_folder(experiment: Experiment, cache_dir: Path) -> Path:
+def _data_folder(experiment: Experiment, cache_dir: Path, prefetch: parallel.Prefetch | None = None) -> Path:
     """The experiment's data as a local folder: itself, generated on first use, or the
-    up-to-date mirror of a URI (search/data/remote.py)."""
+    up-to-date mirror of a URI (search/data/remote.py), whose downloads `prefetch` decodes as they land."""
     if remote.is_remote(experiment.data):
+        listed = remote.listing(experiment.data)
+        check_count_fits(len(listed.images()), experiment.image_size_px, display_uri(experiment.data))
         with disk.writing(cache_dir):
-            folder, downloaded, total = remote.mirror(experiment.data, cache_dir)
+            folder, downloaded, total = remote.mirror(listed, cache_dir, ready=prefetch.add if prefetch else None)
         print(f"Data: {display_uri(experiment.data)}, mirrored in {folder} ({downloaded} of {total} files "
               "downloaded, the others unchanged)", flush=True)
         return folder
@@ -178,14 +180,16 @@ def _prepare(experiment: Experiment, args: argparse.Namespace, output: Output) -
     """Decode (or reuse) the data and write the data report; the arrays and their fingerprint.
     On --resume, refuse an experiment or data other than the ones OUT was started with."""
     cache_max_bytes = parse_size("--cache-max", args.cache_max)  # before decoding: a typo costs nothing
-    folder = _data_folder(experiment, _cache_dir(args))
-    check_fits(folder, experiment.image_size_px)  # before minutes of decoding, not after
-    if not args.check:
-        _check_weights(experiment)
-    started = time.perf_counter()
-    with disk.writing(_cache_dir(args)):
-        cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed,
-                             _cache_dir(args), progress=DecodeProgress())
+    with (parallel.Prefetch(experiment.image_size_px) if remote.is_remote(experiment.data)
+          else contextlib.nullcontext()) as prefetch:
+        folder = _data_folder(experiment, _cache_dir(args), prefetch)
+        check_fits(folder, experiment.image_size_px)  # before minutes of decoding, not after
+        if not args.check:
+            _check_weights(experiment)
+        started = time.perf_counter()
+        with disk.writing(_cache_dir(args)):
+            cache = data.prepare(folder, experiment.image_size_px, experiment.val_fraction, experiment.seed,
+                                 _cache_dir(args), progress=DecodeProgress(), prefetch=prefetch)
     count, freed_bytes = data.evict(cache.path, cache_max_bytes)
     if count:
         print(f"Freed {count} least recently used decoded caches ({freed_bytes / 1e6:.1f} MB) in {cache.path.parent} "

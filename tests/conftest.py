@@ -152,32 +152,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     Yields a function: bucket/prefix -> an s3:// URI whose options point pyarrow (in every
     process, Ray's workers included) at this server, with its dummy credentials.
     """
-    import socket
-    import subprocess
-    import sys
-    import time
+    from bench.s3 import local_s3
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")  # noqa: SIM115 (open while the server runs)
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as client:
-            if client.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.2)
-
-    def uri(bucket_and_prefix: str) -> str:
-        return (f"s3://test:test@{bucket_and_prefix}?endpoint_override=127.0.0.1:{port}&scheme=http"
-                "&region=us-east-1&allow_bucket_creation=true")
-
-    yield uri
-    server.terminate()
-    server.wait(timeout=10)
-    log.close()
+    with local_s3(tmp_path_factory.mktemp("moto") / "server.log") as uri:
+        yield uri
 
 
 CLUSTER_SINGLETONS = {"_AutoscalingCoordinatorActor"}

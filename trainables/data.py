@@ -128,15 +128,20 @@ def decode(path: Path, size_px: int, reduced: bool = True) -> np.ndarray:
 
 
 def _decode_all(items: list[tuple[Path, int]], size_px: int, skipped: list[tuple[str, str]],
-                advance: parallel.Advance | None = None) -> Split:
+                advance: parallel.Advance | None = None,
+                prefetched: dict[str, np.ndarray | str] | None = None) -> Split:
+    prefetched = prefetched or {}
+    rest = iter(parallel.decode_files([p for p, _ in items if str(p) not in prefetched], size_px, advance))
     images, labels, paths = [], [], []
-    for (path, label), decoded in zip(items, parallel.decode_files([p for p, _ in items], size_px, advance)):
+    for path, label in items:
+        decoded = prefetched.pop(str(path)) if str(path) in prefetched else next(rest)
         if isinstance(decoded, str):  # a corrupt file must not end a search: skip it, say why
             skipped.append((str(path), decoded))
             continue
         images.append(decoded)
         labels.append(label)
         paths.append(str(path))
+    next(rest, None)  # lets the decode's workers end now
     array = np.stack(images) if images else np.zeros((0, size_px, size_px, 3), np.uint8)
     return Split(array, np.asarray(labels, dtype=np.int64), tuple(paths))
 
@@ -192,9 +197,10 @@ def _check_counts(root: Path, classes: tuple[str, ...], split: str, labels: np.n
 
 
 def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir: Path | None = None,
-            progress: Progress | None = None) -> Prepared:
+            progress: Progress | None = None, prefetch: parallel.Prefetch | None = None) -> Prepared:
     """Decode the folder once into `cache_dir/arrays-<fingerprint>.npz`; reuse it when unchanged.
-    Decoding runs on every core; `progress(done, total)` hears how far it got."""
+    Decoding runs on every core; `progress(done, total)` hears how far it got. The files that
+    `prefetch` decoded already (at `size_px`) are taken from it, not decoded again."""
     found = scan(root)
     for split, items in found.files.items():
         _check_counts(root, found.classes, split, np.asarray([label for _, label in items], dtype=np.int64),
@@ -210,7 +216,9 @@ def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir:
     classes = found.classes
     todo = {split: [item for item in found.files[split] if item[0] in hashes] for split in ("train", "test")}
     advance = parallel.counter(progress, sum(len(items) for items in todo.values()))
-    train_all, test = (_decode_all(todo[split], size_px, skipped, advance) for split in ("train", "test"))
+    prefetched = prefetch.take(advance) if prefetch is not None and prefetch.size_px == size_px else {}
+    train_all, test = (_decode_all(todo[split], size_px, skipped, advance, prefetched) for split in ("train", "test"))
+    del prefetched  # what no split took (files the scan left out): not kept alongside the arrays
     _check_counts(root, classes, "train", train_all.labels, "readable images")
     _check_counts(root, classes, "test", test.labels, "readable images")
     train_idx, val_idx = stratified_split(train_all.labels, val_fraction, seed)

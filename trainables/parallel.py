@@ -2,14 +2,16 @@
 
 Worker processes are spawned, not forked: the caller may hold threads (Ray's, torch's) that a
 fork would copy in a locked state. Small jobs stay in this process, where starting workers
-would cost more than it saves.
+would cost more than it saves. `Prefetch` decodes files as they arrive (downloads still
+running), for `trainables.data.prepare` to take instead of decoding them again.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -52,6 +54,52 @@ def decode_files(paths: list[Path], size_px: int, advance: Advance | None = None
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         for chunk in pool.map(_decode_chunk, chunks, [size_px] * len(chunks), [reduced] * len(chunks)):
             yield from _told(chunk, advance)
+
+
+class Prefetch:
+    """Files decoded on every core as they are handed over (`add`, from any thread), so that
+    decoding overlaps whatever brings the files (a mirror's downloads); `take` waits for them."""
+
+    def __init__(self, size_px: int, workers: int | None = None, reduced: bool = True) -> None:
+        self.size_px, self.reduced = size_px, reduced
+        self._pool = ProcessPoolExecutor(workers or cores(), mp_context=get_context("spawn"))
+        self._lock = threading.Lock()
+        self._waiting: list[str] = []  # added, not yet sent: sent a chunk at a time
+        self._sent: list[tuple[list[str], Future[list[np.ndarray | str]]]] = []
+
+    def add(self, path: Path) -> None:
+        with self._lock:
+            self._waiting.append(str(path))
+            if len(self._waiting) >= CHUNK:
+                self._send()
+
+    def _send(self) -> None:
+        if self._waiting:
+            chunk, self._waiting = self._waiting, []
+            self._sent.append((chunk, self._pool.submit(_decode_chunk, chunk, self.size_px, self.reduced)))
+
+    def take(self, advance: Advance | None = None) -> dict[str, np.ndarray | str]:
+        """Every added file's decoded image (or why it could not be), by path; `advance`
+        hears each chunk as it finishes. The workers end with it."""
+        with self._lock:
+            self._send()
+            sent, self._sent = self._sent, []
+        taken: dict[str, np.ndarray | str] = {}
+        try:
+            for chunk, future in sent:
+                taken.update(zip(chunk, _told(future.result(), advance)))
+        finally:
+            self.close()
+        return taken
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def _told(chunk: list[np.ndarray | str], advance: Advance | None) -> Iterator[np.ndarray | str]:

@@ -65,3 +65,28 @@ def test_progress_speaks_after_a_few_seconds_then_now_and_then_and_at_the_end() 
     short = DecodeProgress(quiet, clock=lambda: 0.5)
     short(10, 10)
     assert quiet.getvalue() == ""  # a short decode says nothing
+
+
+def test_files_decoded_ahead_are_taken_by_prepare_not_decoded_again(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    root = photo_folder(tmp_path / "photos", classes=2, per_class=12, width=400, height=300)
+    (root / "train" / "class0" / "broken.jpg").write_bytes(b"not a jpeg")
+    plain = data.load(data.prepare(root, 32, 0.25, 0, tmp_path / "plain").path)
+    monkeypatch.setattr(parallel, "CHUNK", 4)
+    with parallel.Prefetch(32, workers=2) as prefetch:
+        for path in sorted(root.rglob("*.jpg")):
+            prefetch.add(path)
+        decoded_again: list[Path] = []
+        real = parallel.decode_files
+
+        def counted(paths: list[Path], *args: object, **kwargs: object):  # noqa: ANN202
+            decoded_again.extend(paths)
+            return real(paths, *args, **kwargs)
+
+        monkeypatch.setattr(parallel, "decode_files", counted)
+        ahead = data.load(data.prepare(root, 32, 0.25, 0, tmp_path / "ahead", prefetch=prefetch).path)
+    assert decoded_again == []
+    for split in ("train", "val", "test"):
+        assert np.array_equal(getattr(plain, split).images, getattr(ahead, split).images)
+        assert np.array_equal(getattr(plain, split).labels, getattr(ahead, split).labels)
+    assert plain.skipped == ahead.skipped and len(ahead.skipped) == 1  # the broken file, with its reason

@@ -9,6 +9,8 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
+from bench import s3
+from search import memory
 from search.data import remote
 from search.run import main
 from search.storage import display_uri
@@ -17,10 +19,8 @@ from trainables.data import DataError
 
 
 def upload(folder: Path, uri: str) -> tuple[pafs.FileSystem, str]:
-    filesystem, path = pafs.FileSystem.from_uri(uri)
-    filesystem.create_dir(path, recursive=True)
-    pafs.copy_files(str(folder), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem)
-    return filesystem, path
+    s3.upload(folder, uri)
+    return pafs.FileSystem.from_uri(uri)
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -56,6 +56,44 @@ def test_a_mirror_downloads_what_changed_only(s3_server, coats: Path, tmp_path: 
     filesystem.delete_file(f"{path}/{deleted}")
     assert remote.mirror(uri, tmp_path / "cache", counted)[1:] == (1, total - 1)
     assert (local / changed).read_bytes() == b"new bytes" and not (local / deleted).exists()
+
+
+def test_downloaded_images_are_handed_on_as_they_land_for_decoding_alongside(s3_server, coats: Path,
+                                                                            tmp_path: Path) -> None:
+    uri = s3_server("photos-e/coats")
+    filesystem, path = upload(coats, uri)
+    filesystem.open_output_stream(f"{path}/train/README.txt").write(b"no image")
+    events: list[tuple[str, object]] = []
+    images = sorted(name for name in files(coats) if name.endswith(".jpg") or name.endswith(".png"))
+    local, downloaded, _ = remote.mirror(uri, tmp_path, lambda done, total: events.append(("downloaded", done)),
+                                         ready=lambda p: events.append(("ready", p)))
+    handed = [value for what, value in events if what == "ready"]
+    assert sorted(str(p.relative_to(local)) for p in handed) == images  # each image once, nothing else
+    assert all((p).is_file() for p in handed)
+    # handed over while downloads still ran, not after them all
+    assert events.index(("ready", handed[0])) < events.index(("downloaded", downloaded))
+
+    events.clear()
+    remote.mirror(uri, tmp_path, ready=lambda p: events.append(("ready", p)))
+    assert events == []  # nothing downloaded: the decoded cache will serve, nothing to decode
+    with filesystem.open_output_stream(f"{path}/{images[0]}") as stream:
+        stream.write((coats / images[-1]).read_bytes())
+    remote.mirror(uri, tmp_path, ready=lambda p: events.append(("ready", p)))
+    assert sorted(str(p.relative_to(local)) for _, p in events) == images  # one changed: all to decode again
+    assert events[-1] == ("ready", local / images[0])  # the unchanged ones first, then the download
+
+
+def test_photos_in_s3_larger_than_memory_are_refused_before_any_download(
+        s3_server, coats: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    uri = s3_server("photos-f/coats")
+    upload(coats, uri)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 100_000)
+    experiment = write_experiment(tmp_path, EXPERIMENT.format(data=uri))
+    assert main([str(experiment), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--check"]) == 2
+    error = capsys.readouterr().err
+    assert "error: --data: 's3://photos-f/coats'" in error and "its 80 images at 32 px" in error
+    assert not (tmp_path / "cache" / remote.MIRRORS_DIR).exists()
 
 
 def test_an_empty_prefix_or_a_missing_bucket_is_one_clear_error(s3_server, tmp_path: Path) -> None:
