@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from bench.cases import FEATURES_ARCH, SHARING_ARCH, features_cases, sharing_cases, startup_cases
-from bench.cases_data import data_cases, decode_cases
+from bench.cases_data import data_cases, decode_cases, remote_cases
 from bench.cases_train import DEFAULT_ARCHS, train_cases, train_size_px
 from bench.inputs import generate
 from bench.measure import BATCH_SIZE, CPUS
@@ -42,7 +42,7 @@ TIMED_BATCHES = {"quick": 5, "full": 50}  # per round
 ROUNDS = 3
 IMAGES = {"quick": 800, "full": 4000}
 SIZE_PX = {"quick": 96, "full": 299}
-CASES = ("data", "train", "features", "sharing", "startup", "overhead", "liar", "decode")
+CASES = ("data", "train", "features", "sharing", "startup", "overhead", "liar", "decode", "remote")
 PHOTOS = {"quick": 64, "full": 2000}  # the decode case's 2000x1500 JPEGs
 IN_ALL = ("data", "train", "features", "sharing")  # the others run searches (startup, overhead: Ray): asked by name
 SHARING = 4  # processes sharing the device: trials with gpus_per_worker=0.25
@@ -65,10 +65,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"cache), sharing (processes sharing the device), startup (trials' start under Ray), "
                         f"overhead (where a search's time goes: ours, a bare Ray trial, a plain Optuna loop), "
                         f"liar (TPE's constant_liar for trials at once), decode (photo-sized JPEGs: serial full "
-                        f"decoding against parallel reduced-size decoding); "
+                        f"decoding against parallel reduced-size decoding), remote (the same photos from a local S3 "
+                        f"server: mirrored then decoded against decoded as their downloads land); "
                         f"all: {', '.join(IN_ALL)} (default)")
-    parser.add_argument("--photos", type=int, help=f"2000x1500 JPEGs of the decode case (default {PHOTOS['full']}, "
-                        f"--quick {PHOTOS['quick']})")
+    parser.add_argument("--photos", type=int, help=f"2000x1500 JPEGs of the decode and remote cases "
+                        f"(default {PHOTOS['full']}, --quick {PHOTOS['quick']})")
     parser.add_argument("--archs", nargs="+", choices=tuple(ARCHS), default=list(DEFAULT_ARCHS), metavar="ARCH",
                         help=f"architectures of the train case, with random weights (default: "
                         f"{' '.join(DEFAULT_ARCHS)}; any of: {', '.join(ARCHS)})")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
     records: list[Record] = []
     try:
-        if set(cases) - {"sharing", "decode"}:  # sharing needs no images, decode its own
+        if set(cases) - {"sharing", "decode", "remote"}:  # sharing needs no images, decode and remote their own
             started = time.perf_counter()
             root = generate(work / "coats", args.images, args.size_px)
             print(f"  generated {args.images} JPEGs in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -142,11 +143,14 @@ def main(argv: list[str] | None = None) -> None:
             records += overhead_cases(root, args.quick, cache, work, device)
         if "liar" in cases:
             records += liar_cases(root, args.quick, cache)
-        if "decode" in cases:
+        if {"decode", "remote"} & set(cases):
             started = time.perf_counter()
             photos = photo_folder(work / "photos", classes=4, per_class=max(1, args.photos // 5))
             print(f"  generated {args.photos} photo JPEGs in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        if "decode" in cases:
             records += decode_cases(photos, args.size_px, args.rounds)
+        if "remote" in cases:
+            records += remote_cases(photos, args.size_px, args.rounds, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,8 +1,11 @@
 """The data cases of `python -m bench`: the decoded cache's build, reuse and load, and one
-epoch of data work the naive way and ours, with no model."""
+epoch of data work the naive way and ours, with no model; photo-sized JPEGs decoded, from a
+folder and from S3."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,3 +77,40 @@ def decode_cases(photos: Path, size_px: int, rounds: int) -> list[Record]:
     common = {"arch": None, "device": "cpu", "size_px": size_px, "batch_size": None, "photos": len(paths)}
     return vs_baseline([record(case, results, **common) for case, results in interleaved(measures, rounds).items()],
                        baseline)
+
+
+def remote_cases(photos: Path, size_px: int, rounds: int, work: Path) -> list[Record]:
+    """`--data s3://...`'s first run, from the local S3 server (bench/s3.py): the photos
+    mirrored, then decoded (as before, the baseline) against decoded on every core as their
+    downloads land (now). A new cache folder each round, so every round downloads and decodes
+    all. A local server answers faster than S3 across a network, so the overlap measured here
+    is a floor of what a real bucket gains."""
+    from bench.s3 import local_s3, upload
+    from search.data import remote
+    from trainables import parallel
+
+    files = sum(len(items) for items in data.scan(photos).files.values())
+    with local_s3(work / "s3.log") as s3_uri:
+        uri = s3_uri("bench-photos/photos")
+        upload(photos, uri)
+
+        def first_run(round_: int, overlapped: bool) -> int:
+            cache_dir = work / f"remote-{'now' if overlapped else 'before'}-{round_}"
+            with parallel.Prefetch(size_px) if overlapped else contextlib.nullcontext() as prefetch:
+                folder, downloaded, _ = remote.mirror(uri, cache_dir, lambda done, total: None,
+                                                      ready=prefetch.add if prefetch else None)
+                prepared = data.prepare(folder, size_px, VAL_FRACTION, 0, cache_dir, prefetch=prefetch)
+            assert downloaded == files and not prepared.reused, f"{cache_dir}: a round must start cold"
+            shutil.rmtree(cache_dir)
+            return files
+
+        cpu = torch.device("cpu")
+        baseline = "s3 data, first run: mirror, then decode (before)"
+        measures: dict[str, Measure] = {
+            baseline: lambda r: timed(cpu, lambda: first_run(r, overlapped=False)),
+            "s3 data, first run: decode on every core as downloads land (now)":
+                lambda r: timed(cpu, lambda: first_run(r, overlapped=True)),
+        }
+        results = interleaved(measures, rounds)
+    common = {"arch": None, "device": "cpu", "size_px": size_px, "batch_size": None, "photos": files}
+    return vs_baseline([record(case, runs, **common) for case, runs in results.items()], baseline)

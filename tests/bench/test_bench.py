@@ -86,7 +86,8 @@ def test_all_means_every_case_but_the_searches_and_cases_combine() -> None:
     assert cli.parse_args([]).cases == ["data", "train", "features", "sharing"]
     assert cli.parse_args(["--cases", "startup", "features"]).cases == ["features", "startup"]
     assert cli.parse_args(["--cases", "all", "startup"]).cases == [*cli.IN_ALL, "startup"]
-    assert cli.parse_args(["--cases", "all", "startup", "overhead", "liar", "decode"]).cases == list(cli.CASES)
+    assert cli.parse_args(["--cases", "all", "startup", "overhead", "liar", "decode", "remote"]).cases == \
+        list(cli.CASES)
     assert cli.parse_args(["--quick", "--cases", "decode"]).photos == cli.PHOTOS["quick"]
     assert cli.parse_args(["--quick", "--cases", "overhead"]).cases == ["overhead"]
 
@@ -114,3 +115,16 @@ def test_the_decode_case_sets_the_parallel_reduced_decode_against_the_serial_ful
     assert records[0]["case"].endswith("(before)") and records[-1]["case"].endswith("(now)")
     assert all(r["images"] == 12 and r["photos"] == 12 for r in records)
     assert records[0]["ratio_vs_baseline"] == 1.0 and all(r["ratio_vs_baseline"] > 0 for r in records)
+
+
+def test_the_remote_case_sets_decoding_as_downloads_land_against_mirroring_first(tmp_path: Path) -> None:
+    from bench.cases_data import remote_cases
+    from search.data.photos import photo_folder
+
+    photos = photo_folder(tmp_path / "photos", classes=2, per_class=4, width=600, height=450)
+    records = remote_cases(photos, 64, rounds=1, work=tmp_path)
+    assert [r["case"].split(",")[0] for r in records] == ["s3 data"] * 2
+    assert records[0]["case"].endswith("(before)") and records[-1]["case"].endswith("(now)")
+    assert all(r["images"] == 12 and r["photos"] == 12 for r in records)
+    assert records[0]["ratio_vs_baseline"] == 1.0 and records[1]["ratio_vs_baseline"] > 0
+    assert not list(tmp_path.glob("remote-*"))  # each round's cache removed: the next starts cold
