@@ -19,7 +19,7 @@ from ray import tune
 from search import tuning
 from search.disk import DiskFull
 from search.ending import BudgetStopper, EndRule
-from search.files import round_dir
+from search.files import STUDY_FILE, round_dir
 from search.reaper import PlacementGroupReaper
 from search.searcher import bind, finished_values, load
 from search.spec import Experiment
@@ -129,6 +129,7 @@ def _new_round(experiment: Experiment, output: Output, the_plan: tuning.Plan, tr
 
         print(tell(search_alg.searcher._ot_study, warm_start, experiment, space_function(experiment.space)),
               flush=True)
+    output.upload_database(STUDY_FILE)  # before Tune saves a state (tuner.pkl) that names the study
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -139,6 +140,20 @@ def _new_round(experiment: Experiment, output: Output, the_plan: tuning.Plan, tr
     )
 
 
+class UploadStudy(tune.Callback):
+    """Copies the study to a remote OUT each time Tune saves its experiment state, before Tune
+    uploads that state: the URI's study is never behind the URI's Tune state, the order a
+    resume can reconcile (search/searcher.py)."""
+
+    def __init__(self, output: Output) -> None:
+        self.output = output
+
+    def get_state(self) -> None:
+        # Tune asks every callback for its state while it saves the experiment's, after it
+        # wrote the trials' and the searcher's and before the upload starts: the one hook there.
+        self.output.upload_database(STUDY_FILE)
+
+
 def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output, rule: EndRule,
          callbacks: Sequence[tune.Callback] = (), name: str | None = None) -> tuple[tune.ResultGrid, DiskFull | None]:
     """Run the round `name` (its folder in OUT) with this run's callbacks."""
@@ -147,7 +162,7 @@ def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output, rule: EndRul
         # Set after the Tuner saved its settings (tuner.pkl), so never restored from them: on a
         # --resume they must act on this run's OUT and budget (Tuner.restore takes neither).
         run_config = tuner._local_tuner.get_run_config()
-        keep = [KeepStateCopy(output.local / name)] if name and not output.remote else []
+        keep = [KeepStateCopy(output.local / name)] if name and not output.remote else [UploadStudy(output)]
         run_config.callbacks.extend([disk_full, *keep, *callbacks])
         if rule.time_s is not None:
             run_config.stop = BudgetStopper(rule)

@@ -4,14 +4,20 @@
 every trial's checkpoints there, so trials on any node of a cluster can write them and a
 later `--resume` from another machine finds them. The driver's own files (report, plots,
 `best/`, the Optuna study) are written to a local working folder first, because SQLite
-and atomic renames need a real disk, and copied to the URI when they change.
+and atomic renames need a real disk, and copied to the URI when they change. The study is
+copied as well each time Tune saves its experiment state, just before that state's upload
+(search/rounds.py), so the URI never holds a Tune state ahead of its study: a head node lost
+mid-search resumes from the URI alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,8 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from search.files import TRAIN_DIR, is_ray_dir
+
+SQLITE_WAIT_S = 120  # as long as the study's own writers wait for a reader (search/searcher.py)
 
 
 def display_uri(uri: str) -> str:
@@ -84,6 +92,22 @@ class Output:
             else:
                 with self.filesystem.open_output_stream(target) as stream:
                     stream.write(entry.read_bytes())
+
+    def upload_database(self, name: str) -> None:
+        """A consistent copy of the driver's SQLite file `name`, which may be written meanwhile,
+        to the destination (no-op for a local folder, or before the file exists)."""
+        source = self.local / name
+        if not self.remote or not source.is_file():
+            return
+        snapshot = self.local / f".{name}.upload-{os.getpid()}"  # a dot-file: `upload` and `download` skip it
+        try:
+            with contextlib.closing(sqlite3.connect(source, timeout=SQLITE_WAIT_S)) as reader, \
+                    contextlib.closing(sqlite3.connect(snapshot)) as copy:
+                reader.backup(copy)  # SQLite's own snapshot: never a page half-written
+            with self.filesystem.open_output_stream(f"{self.path}/{name}") as stream:
+                stream.write(snapshot.read_bytes())
+        finally:
+            snapshot.unlink(missing_ok=True)
 
     def fetch(self, name: str) -> Path:
         """A local copy of the folder `name` of the output (itself, for a local output)."""

@@ -34,6 +34,8 @@ BEST_STATE_KEY = "best_objective"
 # Why a trial trains with another batch size than its config's (an out-of-memory retry): kept
 # in the checkpoint's loop state, so a resumed trial keeps it, and reported with every epoch.
 NOTE_KEY = "note"
+# How Tune hears of a reported checkpoint (ray.tune.integration.ray_train; not imported: the worker needs no Tune).
+CHECKPOINT_PATH_KEY = "checkpoint_path"
 BATCH_SIZE_KEY = "batch_size"  # the batch size a checkpoint was trained with (`trainables.loop.fit`)
 KEEP_CHECKPOINTS = 2  # the best ones by the objective; Ray Train keeps the latest besides
 # Ray Train's record of a run's registered checkpoints, in the run's folder (Ray 2.60).
@@ -144,7 +146,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import torch
 
     from search.reaper import register_placement_group
-    from trainables.loop import fit
+    from trainables.loop import LAST_METRICS, fit
     from trainables.state import save_checkpoint
 
     context = ray.train.get_context()
@@ -168,6 +170,13 @@ def train_worker(config: dict[str, Any]) -> None:
     # Optuna is told a trial's best epoch, as the report ranks it, not its last (ASHA may stop
     # a trial just after a dip); kept in the checkpoint so a resumed trial remembers it.
     best = {"value": state.get(BEST_STATE_KEY) if state else None}
+    if state is not None and state["epoch"] >= config["max_epochs"] and LAST_METRICS in state:
+        # Trained to its last epoch before the search's driver was lost, whose Tune never heard
+        # that epoch's report: said again, or the trial would end with no result at all (its
+        # study trial pruned, without a value). Its checkpoint is in OUT already: named, not sent again.
+        ray.train.report({**state[LAST_METRICS], **extra, best_metric(objective): best["value"],
+                          CHECKPOINT_PATH_KEY: checkpoint.path})
+        return
 
     def report(metrics: dict[str, float], run_state: dict[str, Any]) -> None:
         if config["on_epoch"] is not None:

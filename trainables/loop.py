@@ -37,6 +37,7 @@ FeatureArrays = tuple[np.ndarray, np.ndarray, str]
 # key (same frozen backbone, data, views and device) get one computation (search/features.py).
 ShareFeatures = Callable[[str, Callable[[], FeatureArrays]], tuple[FeatureArrays, bool]]
 # report(metrics, state): metrics of the epoch just finished; state (`trainables.state.checkpoint`) resumes the run.
+LAST_METRICS = "metrics"  # a checkpoint's copy of what its epoch reported
 ReportFn = Callable[[dict[str, float], dict[str, Any]], None]
 
 
@@ -276,5 +277,5 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         if features is not None:
             metrics.update(features_s=features_s, features_shared=int(shared))
         report(metrics, checkpoint(model, optimizer, frozen, epoch=epoch, train_time_s=train_time_s, seed=seed,
-                                   batch_size=batch_size))
+                                   batch_size=batch_size, **{LAST_METRICS: metrics}))
     return model

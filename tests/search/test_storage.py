@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import pytest
 import torch
 
+from search import lease
 from search.storage import Output, load_state, open_output
 
 
@@ -81,3 +90,85 @@ def test_a_search_writes_everything_to_an_s3_out_and_resumes_from_it(ray_session
     assert main([str(experiment), "--out", uri, "--resume"]) == 0  # finished: resuming changes nothing
     with out.filesystem.open_input_stream("results/tiny/report.csv") as stream:
         assert pd.read_csv(stream)["trial_id"].tolist() == report["trial_id"].tolist()
+
+
+
+def test_the_study_is_uploaded_as_sqlite_sees_it_not_as_its_bytes_are_mid_write(s3_server, tmp_path: Path) -> None:
+    import sqlite3
+
+    out = open_output(s3_server("bucket-c/run"), tmp_path / "work")
+    out.filesystem.create_dir("bucket-c")
+    out.upload_database("optuna.db")  # none yet: nothing to copy, no error
+    assert not out.exists("optuna.db")
+    writer = sqlite3.connect(out.local / "optuna.db")
+    writer.execute("create table trials (number integer)")
+    writer.executemany("insert into trials values (?)", [(n,) for n in range(3)])
+    writer.commit()
+    writer.execute("insert into trials values (3)")  # a write under way, not committed
+    out.upload_database("optuna.db")
+    writer.rollback()
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(out.read_bytes("bucket-c/run/optuna.db"))
+    assert sqlite3.connect(copy).execute("select number from trials").fetchall() == [(0,), (1,), (2,)]
+    assert [p.name for p in out.local.iterdir()] == ["optuna.db"]  # no snapshot left behind
+
+@pytest.mark.slow
+def test_a_lost_head_with_out_on_s3_resumes_on_a_new_head_from_the_uri(s3_server, coats: Path,
+                                                                       tmp_path: Path) -> None:
+    """The head node's loss, as the README tells the user to recover from it: the driver and
+    the Ray it started SIGKILLed mid-search (nothing of the head survives), then the same
+    command with --resume on a "new head": another cache and work folder, a new Ray. Every
+    trial once, the study's trials the report's, nothing trained again from scratch."""
+    import optuna
+    import pandas as pd
+
+    from tests.conftest import cli_env, tiny_experiment
+
+    trials, epochs = 4, 2
+    experiment = tiny_experiment(tmp_path, coats, trials=trials, epochs=epochs)
+    uri = s3_server("results/lost-head")
+    out = open_output(uri, tmp_path / "unused")
+    out.filesystem.create_dir("results")
+
+    def command(head: str) -> list[str]:
+        return [sys.executable, "-m", "search.run", str(experiment), "--out", uri, "--concurrency", "2",
+                "--cache", str(tmp_path / head / "cache")]
+
+    def checkpoints() -> list[pafs.FileInfo]:
+        selector = pafs.FileSelector(f"{out.path}/train", recursive=True, allow_not_found=True)
+        return [info for info in out.filesystem.get_file_info(selector) if info.base_name == "state.pt"]
+
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command("head-1"), stdout=log, stderr=subprocess.STDOUT, env=cli_env(),
+                                 cwd=tmp_path, start_new_session=True)
+        deadline = time.monotonic() + 600
+        # Killed as a trial's last checkpoint lands: Tune has not heard that epoch's report yet,
+        # and its state on S3 (saved every 10 s or more) is older still.
+        while first.poll() is None and time.monotonic() < deadline and not any(
+                info.path.endswith(f"/epoch-{epochs:04d}/state.pt") for info in checkpoints()):
+            time.sleep(0.1)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+    shutil.rmtree(tmp_path / "head-1")  # the old head's disk is gone with it
+
+    for _ in range(10):  # the dead search's lease on the URI lapses within lease.TTL_S: the README's "wait"
+        resumed = subprocess.run(command("head-2") + ["--resume"], capture_output=True, text=True, env=cli_env(),
+                                 cwd=tmp_path, timeout=900)
+        if not (resumed.returncode == 2 and "in use by another search" in resumed.stderr):
+            break
+        time.sleep(lease.TTL_S / 6)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    with out.filesystem.open_input_stream(f"{out.path}/report.csv") as stream:
+        report = pd.read_csv(stream, dtype={"trial_id": str})
+    assert len(report) == trials and report["trial_id"].is_unique, report
+    assert report["status"].isin(["completed", "early_stopped"]).all(), report[["status", "error"]]
+    study_file = tmp_path / "optuna.db"
+    study_file.write_bytes(out.read_bytes(f"{out.path}/optuna.db"))
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_file}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * trials, \
+        ([(t.number, t.state, t.value, t.user_attrs) for t in study.trials], report.to_string(), resumed.stdout[-4000:])
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(report["val_acc"]))
+    assert out.exists("best", "meta.json")
+    assert json.loads(out.read_bytes(f"{out.path}/manifest.json"))["state"] == "finished"
