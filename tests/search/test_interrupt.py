@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import cli_env, tiny_experiment
 
-TRIALS = 6
+TRIALS = 4  # 2 at a time: interrupted at the first result, some are running, some not started
 
 
 def interrupt_after_first_result(experiment: Path, out: Path, signum: int, cwd: Path) -> subprocess.CompletedProcess:
@@ -36,7 +36,7 @@ def interrupt_after_first_result(experiment: Path, out: Path, signum: int, cwd: 
 
 @pytest.mark.slow
 def test_ctrl_c_saves_marks_unfinished_trials_and_says_how_to_resume(coats: Path, tmp_path: Path) -> None:
-    experiment = tiny_experiment(tmp_path, coats, trials=TRIALS, epochs=3)
+    experiment = tiny_experiment(tmp_path, coats, trials=TRIALS, epochs=2)
     out = tmp_path / "out"
     stopped = interrupt_after_first_result(experiment, out, signal.SIGINT, tmp_path)
     assert stopped.returncode == 130, stopped.stdout[-2000:] + stopped.stderr[-2000:]
@@ -61,7 +61,7 @@ def test_ctrl_c_saves_marks_unfinished_trials_and_says_how_to_resume(coats: Path
 
 @pytest.mark.slow
 def test_sigterm_exits_143_with_the_state_saved(coats: Path, tmp_path: Path) -> None:
-    experiment = tiny_experiment(tmp_path, coats, trials=TRIALS, epochs=3)
+    experiment = tiny_experiment(tmp_path, coats, trials=TRIALS, epochs=2)
     out = tmp_path / "out"
     stopped = interrupt_after_first_result(experiment, out, signal.SIGTERM, tmp_path)
     assert stopped.returncode == 143, stopped.stdout[-2000:] + stopped.stderr[-2000:]
