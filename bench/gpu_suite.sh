@@ -3,11 +3,11 @@
 #
 #   bash bench/gpu_suite.sh [--device cuda|cpu] [--quick]
 #
-# Everything lands in $OUT (default ./gpu-suite-out), 6 files, within the 8 the device tool brings back:
+# Everything lands in $OUT (default ./gpu-suite-out), 7 files, within the 8 the device tool brings back:
 #   suite.json        the machine; every step's seconds, exit code and the end of its log; the searches' figures
 #   suite.log         every step's whole output, in order
 #   gpu-tests.xml     the CUDA tests' JUnit report
-#   bench.json, bench-overhead.json    python -m bench's records
+#   bench.json, bench-overhead.json, bench-decode.json    python -m bench's records
 #   gpu-results.json  all the records, each with the device as torch names it (commit as bench/gpu-results.json)
 # With a .whl folder in the repository root (../shared/gpu/wheels.sh makes it: Ray and Optuna are not on
 # the lent machine), its wheels are installed first. Then, each step time-boxed with `timeout`, so that a
@@ -15,6 +15,7 @@
 #   gpu-tests       the CUDA tests: pytest -m gpu tests/gpu (each skips without CUDA)
 #   bench           python -m bench: data, train, features, sharing, startup at full sizes, bounded
 #   bench-overhead  python -m bench --quick --cases overhead liar: what Ray and Optuna cost (searches)
+#   bench-decode    python -m bench --cases decode: photo-sized JPEGs decoded on every core (issue 14)
 #   search-asha     one real search over a generated 4-class set (4,000 JPEGs at 299 px): 8 trials,
 #   search-full     the same trials with ASHA, then without early stopping; wall time, useful fraction
 # --quick shrinks every step: the CPU dry run (tests/bench/test_gpu_suite.py) checks the command so it
@@ -44,7 +45,7 @@ esac
 PY=${PYTHON:-python3}
 OUT=${OUT:-./gpu-suite-out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 2
-rm -f "$OUT"/{suite.json,suite.log,gpu-tests.xml,bench.json,bench-overhead.json,gpu-results.json}
+rm -f "$OUT"/{suite.json,suite.log,gpu-tests.xml,bench.json,bench-overhead.json,bench-decode.json,gpu-results.json}
 if [ -n "${WORK:-}" ]; then
   mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd) || exit 2
 else
@@ -62,16 +63,22 @@ if [ ${#QUICK[@]} -gt 0 ]; then
   BENCH_CASES=(all)
   BENCH_SIZES=(--quick --images 64 --size-px 64 --archs small_cnn --rounds 1 --batches 1 --batch-size 4 --sharing 2)
   OVERHEAD_SIZES=(--images 64 --size-px 64)
+  DECODE_SIZES=(--photos 8 --rounds 1)
+  LIMIT_DECODE=240
 else
-  # On the H200 (16 cores), expected: wheels 20 s, tests 80 s, bench 120 s, overhead 70 s, searches 90 s
-  # (generating and decoding the data included) and 70 s: ~7.5 minutes; one step running to its limit
-  # still ends within the device tool's 10 minutes. bench: 2,000 JPEGs at 299 px (its cache build and
+  # On the H200 (16 cores), expected: wheels 20 s, tests 80 s, bench 120 s, overhead 70 s, decode 45 s,
+  # searches 90 s (generating and decoding the data included) and 70 s: ~8 minutes; one step running to
+  # its limit still ends within the device tool's 10 minutes. bench: 2,000 JPEGs at 299 px (its cache build and
   # naive epoch without workers decode serially: 4,000 would double them), the issue's batch of 128,
   # 2 rounds of 20 timed steps a case.
   LIMIT_WHEELS=60 LIMIT_TESTS=150 LIMIT_BENCH=180 LIMIT_OVERHEAD=120 LIMIT_SEARCH=150
   BENCH_CASES=(all startup)
   BENCH_SIZES=(--images 2000 --rounds 2 --batches 20 --batch-size 128)
   OVERHEAD_SIZES=()
+  # Issue 14's decode figure on 16 cores (>= 20x the serial full decode): 320 photos, generated
+  # on every core (~10 s), then ~9 s a round for the serial baseline, ~8 s for the 3 others together.
+  DECODE_SIZES=(--photos 320 --rounds 2)
+  LIMIT_DECODE=60
 fi
 
 failed=0
@@ -107,6 +114,8 @@ step bench "$LIMIT_BENCH" "$PY" -m bench --device "$DEVICE" --cases "${BENCH_CAS
   --json "$OUT/bench.json"
 step bench-overhead "$LIMIT_OVERHEAD" "$PY" -m bench --device "$DEVICE" --quick --cases overhead liar \
   "${OVERHEAD_SIZES[@]}" --json "$OUT/bench-overhead.json"
+step bench-decode "$LIMIT_DECODE" "$PY" -m bench --device "$DEVICE" --cases decode --size-px 299 "${DECODE_SIZES[@]}" \
+  --json "$OUT/bench-decode.json"
 for mode in asha full; do
   step "search-$mode" "$LIMIT_SEARCH" "$PY" -m bench.suite search "$mode" --out "$OUT" --work "$WORK" \
     --device "$DEVICE" "${QUICK[@]}"

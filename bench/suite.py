@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 SUITE_FILE = "suite.json"
 LOG_FILE = "suite.log"
 JUNIT_FILE = "gpu-tests.xml"
-BENCH_FILES = ("bench.json", "bench-overhead.json")
+BENCH_FILES = ("bench.json", "bench-overhead.json", "bench-decode.json")
 RESULTS_FILE = "gpu-results.json"
 LOG_TAIL_CHARS = 3000
 TIMED_OUT = (124, 137)  # timeout's exit codes: TERM at the limit, KILL after its grace

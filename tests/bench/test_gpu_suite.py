@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO, cli_env
 
-STEPS = ["gpu-tests", "bench", "bench-overhead", "search-asha", "search-full"]
+STEPS = ["gpu-tests", "bench", "bench-overhead", "bench-decode", "search-asha", "search-full"]
 
 
 @pytest.mark.slow  # every step of the suite, three Ray searches among them: ~3 minutes on 2 cores
@@ -36,12 +36,13 @@ def test_the_gpu_suites_dry_run_records_every_step_and_the_searches(tmp_path: Pa
     assert suite["search"]["asha"]["epochs_run"] <= suite["search"]["full"]["epochs_run"]
     # What a lent machine hands back: at most 8 files, none deeper than OUT.
     files = sorted(path.name for path in out.iterdir())
-    assert files == ["bench-overhead.json", "bench.json", "gpu-results.json", "gpu-tests.xml", "suite.json",
-                     "suite.log"]
+    assert files == ["bench-decode.json", "bench-overhead.json", "bench.json", "gpu-results.json", "gpu-tests.xml",
+                     "suite.json", "suite.log"]
     records = json.loads((out / "gpu-results.json").read_text())
     assert {r["device"] for r in records} == {"cpu"} and all(r["case"] for r in records)
     cases = [r["case"] for r in records]
     assert any(c.startswith("features:") for c in cases) and any(c.startswith("overhead:") for c in cases)
+    assert any(c.startswith("decode:") and c.endswith("(now)") for c in cases)
     assert sum(c.startswith("search:") for c in cases) == 2
     assert "=== search-full: exit code 0" in (out / "suite.log").read_text()
 

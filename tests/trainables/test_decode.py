@@ -90,3 +90,12 @@ def test_files_decoded_ahead_are_taken_by_prepare_not_decoded_again(tmp_path: Pa
         assert np.array_equal(getattr(plain, split).images, getattr(ahead, split).images)
         assert np.array_equal(getattr(plain, split).labels, getattr(ahead, split).labels)
     assert plain.skipped == ahead.skipped and len(ahead.skipped) == 1  # the broken file, with its reason
+
+
+def test_many_photos_are_generated_on_every_core_exactly_as_one_by_one(tmp_path: Path) -> None:
+    root = photo_folder(tmp_path / "photos", classes=4, per_class=16, width=160, height=120)  # 64 + 16 files
+    files = sorted(root.rglob("*.jpg"))
+    assert len(files) == 80
+    # the same seeds in the same order as the serial loop: test/class3's last photo is the 80th
+    again = photo_jpeg(tmp_path / "one.jpg", 160, 120, seed=79)
+    assert (root / "test" / "class3" / "00003.jpg").read_bytes() == again.read_bytes()
