@@ -162,8 +162,9 @@ def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output, rule: EndRul
         # Set after the Tuner saved its settings (tuner.pkl), so never restored from them: on a
         # --resume they must act on this run's OUT and budget (Tuner.restore takes neither).
         run_config = tuner._local_tuner.get_run_config()
-        keep = [KeepStateCopy(output.local / name)] if name and not output.remote else [UploadStudy(output)]
-        run_config.callbacks.extend([disk_full, *keep, *callbacks])
+        keep = [KeepStateCopy(output.local / name)] if name and not output.remote else []
+        upload = [UploadStudy(output)] if output.remote else []
+        run_config.callbacks.extend([disk_full, *keep, *upload, *callbacks])
         if rule.time_s is not None:
             run_config.stop = BudgetStopper(rule)
     elif callbacks:

@@ -142,7 +142,9 @@ def _cache_dir(args: argparse.Namespace) -> Path:
 
 def _data_folder(experiment: Experiment, cache_dir: Path, prefetch: parallel.Prefetch | None = None) -> Path:
     """The experiment's data as a local folder: itself, generated on first use, or the
-    up-to-date mirror of a URI (search/data/remote.py), whose downloads `prefetch` decodes as they land."""
+    up-to-date mirror of a URI (search/data/remote.py), whose downloads `prefetch` decodes as they land.
+    Either is refused when its decoded images would not fit in memory: before minutes of
+    decoding, and for a URI before any download."""
     if remote.is_remote(experiment.data):
         listed = remote.listing(experiment.data)
         check_count_fits(len(listed.images()), experiment.image_size_px, display_uri(experiment.data))
@@ -159,6 +161,7 @@ def _data_folder(experiment: Experiment, cache_dir: Path, prefetch: parallel.Pre
             raise SpecError("Experiment.generate", experiment.generate, f"one of {', '.join(GENERATORS)}")
         print(f"Generating the {experiment.generate!r} data set into {folder} (first use only) ...", flush=True)
         ensure_generated(folder, experiment.generate)
+    check_fits(folder, experiment.image_size_px)
     return folder
 
 
@@ -183,7 +186,6 @@ def _prepare(experiment: Experiment, args: argparse.Namespace, output: Output) -
     with (parallel.Prefetch(experiment.image_size_px) if remote.is_remote(experiment.data)
           else contextlib.nullcontext()) as prefetch:
         folder = _data_folder(experiment, _cache_dir(args), prefetch)
-        check_fits(folder, experiment.image_size_px)  # before minutes of decoding, not after
         if not args.check:
             _check_weights(experiment)
         started = time.perf_counter()
