@@ -32,6 +32,7 @@ from search import run
 from search.cluster import LOCAL_RAY_ENV
 from search.space import hparams, recipe_points, space_function, without_random_frozen_backbones
 from search.spec import Budget, Experiment, load_experiment
+from search.trial import REPORT_S_KEY
 from trainables import data
 from trainables.loop import fit
 
@@ -71,6 +72,17 @@ def _handover_s(trials: list[list[dict[str, Any]]]) -> list[float]:
     return gaps
 
 
+def _report_s(trials: list[list[dict[str, Any]]]) -> list[float]:
+    """Per epoch: the seconds its worker spent on the report (writing the checkpoint, handing it
+    over), from the running total each report carries (`search.trial.REPORT_S_KEY`)."""
+    costs = []
+    for results in trials:
+        for before, after in zip(results, results[1:]):
+            if REPORT_S_KEY in before and REPORT_S_KEY in after:
+                costs.append(after[REPORT_S_KEY] - before[REPORT_S_KEY])
+    return costs
+
+
 def _checkpoint_bytes(out: Path) -> list[int]:
     """The size of every checkpoint folder left in OUT/train (each holds one epoch's state)."""
     return [sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) for folder in out.glob("train/*/epoch-*")]
@@ -106,7 +118,8 @@ def our_search(experiment: Experiment, work: Path, cache_dir: Path) -> Record:
     report = pd.read_csv(out / "report.csv")
     wall_s = json.loads((out / "summary.json").read_text())["wall_time_s"]
     train_s = float(report["train_time_s"].fillna(0).sum())
-    handover, checkpoints = _handover_s(_epoch_results(out)), _checkpoint_bytes(out)
+    epochs = _epoch_results(out)
+    handover, reports, checkpoints = _handover_s(epochs), _report_s(epochs), _checkpoint_bytes(out)
     trials = len(report)
     return {"case": "overhead: our search (Tune + Train per trial)", "arch": None, "size_px": experiment.image_size_px,
             "seconds": wall_s, "trials": trials, "concurrency": concurrency, "train_time_s": train_s,
@@ -114,6 +127,8 @@ def our_search(experiment: Experiment, work: Path, cache_dir: Path) -> Record:
             "overhead_per_trial_s": (wall_s * concurrency - train_s) / trials,
             "startup_s_median": statistics.median(report["startup_s"].dropna()),
             "handover_s_median": statistics.median(handover) if handover else None,
+            "report_s_median": statistics.median(reports) if reports else None,
+            "report_s_max": max(reports) if reports else None,
             "checkpoint_mb_per_epoch": statistics.median(checkpoints) / 1e6 if checkpoints else None,
             "best_val_acc": float(report["val_acc"].max()), "epochs_run": int(report["epochs"].sum())}
 
@@ -256,7 +271,9 @@ def overhead_cases(root: Path, quick: bool, cache_dir: Path, work: Path, device:
     summary = (f"our search {ours['seconds']:.1f} s for {ours['trials']} trials ({ours['concurrency']} at once): "
                f"useful fraction {ours['useful_fraction']:.2f}, overhead {ours['overhead_per_trial_s']:.1f} s a trial, "
                f"start-up median {ours['startup_s_median']:.1f} s (bare Ray {naive['seconds']:.1f} s), hand-over "
-               f"{ours['handover_s_median'] or float('nan'):.2f} s an epoch, checkpoints "
+               f"{ours['handover_s_median'] or float('nan'):.2f} s an epoch (the worker's report "
+               f"{ours['report_s_median'] or float('nan'):.3f} s, at most {ours['report_s_max'] or float('nan'):.3f}), "
+               f"checkpoints "
                f"{ours['checkpoint_mb_per_epoch'] or float('nan'):.2f} MB an epoch; the plain Optuna loop "
                f"{plain['seconds']:.1f} s ({ours['ratio_vs_plain_optuna']:.1f}x faster than ours), best val_acc "
                f"{plain['best_val_acc']:.3f} vs ours {ours['best_val_acc']:.3f}")

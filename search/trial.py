@@ -36,6 +36,9 @@ BEST_STATE_KEY = "best_objective"
 NOTE_KEY = "note"
 # How Tune hears of a reported checkpoint (ray.tune.integration.ray_train; not imported: the worker needs no Tune).
 CHECKPOINT_PATH_KEY = "checkpoint_path"
+# The seconds a trial's worker spent in its earlier reports (writing checkpoints, handing
+# results over to Ray), sent with every report: the cost of a report, measured where it is paid.
+REPORT_S_KEY = "report_s"
 BATCH_SIZE_KEY = "batch_size"  # the batch size a checkpoint was trained with (`trainables.loop.fit`)
 KEEP_CHECKPOINTS = 2  # the best ones by the objective; Ray Train keeps the latest besides
 # Ray Train's record of a run's registered checkpoints, in the run's folder (Ray 2.60).
@@ -141,6 +144,7 @@ def trial_batch(batch_size: int, state: dict[str, Any] | None, halve: bool) -> t
 
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: load the cached arrays, resume if a checkpoint exists, run `fit`."""
+    import pyarrow.fs
     import ray.train
     import ray.train.torch
     import torch
@@ -167,6 +171,12 @@ def train_worker(config: dict[str, Any]) -> None:
     # The note goes with every epoch, "" included: Tune's progress.csv keeps the first result's columns.
     extra = {"startup_s": time.time() - config["trial_started_at"], NOTE_KEY: note, BATCH_SIZE_KEY: batch_size}
     objective, better = config["objective"], max if config["mode"] == "max" else min
+    storage = context.get_storage()
+    direct = isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
+    if direct and rank == 0:
+        # Ray Train's check that this node sees OUT (a folder on the head alone is not shared),
+        # which its own copy would make before every checkpoint (Ray 2.60, private).
+        storage._check_validation_file()
     # Optuna is told a trial's best epoch, as the report ranks it, not its last (ASHA may stop
     # a trial just after a dip); kept in the checkpoint so a resumed trial remembers it.
     best = {"value": state.get(BEST_STATE_KEY) if state else None}
@@ -178,23 +188,46 @@ def train_worker(config: dict[str, Any]) -> None:
                           CHECKPOINT_PATH_KEY: checkpoint.path})
         return
 
+    reporting = {REPORT_S_KEY: 0.0}
+
     def report(metrics: dict[str, float], run_state: dict[str, Any]) -> None:
         if config["on_epoch"] is not None:
             config["on_epoch"](hp, metrics)
+        started = time.perf_counter()
+        try:
+            hand_over(metrics, run_state)
+        finally:
+            reporting[REPORT_S_KEY] += time.perf_counter() - started
+
+    def hand_over(metrics: dict[str, float], run_state: dict[str, Any]) -> None:
         value = metrics[objective]
         best["value"] = value if best["value"] is None else better(best["value"], value)
         run_state = {**run_state, BEST_STATE_KEY: best["value"], NOTE_KEY: note}
-        metrics = {**metrics, **extra, best_metric(objective): best["value"]}
+        metrics = {**metrics, **extra, **reporting, best_metric(objective): best["value"]}
         if rank != 0:  # report is a barrier: every rank calls it, only rank 0 saves
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as folder:
+        name = f"{CHECKPOINT_PREFIX}{metrics['epoch']:04d}"
+        if direct:
+            # Written where Ray Train keeps it and registered as it is: one write of the state,
+            # not a temporary copy then a copy of that (the worker waits for both).
+            folder = storage.build_checkpoint_path_from_name(name)
+            try:
+                os.makedirs(folder, exist_ok=True)
+                save_checkpoint(run_state, os.path.join(folder, STATE_FILE))
+            except Exception as err:
+                _mark_if_full_disk(err, "", config["study_name"], config["trial_id"])
+                raise
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint(folder, filesystem=storage.storage_filesystem),
+                             checkpoint_dir_name=name, checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD)
+            return
+        with tempfile.TemporaryDirectory() as folder:  # a URI's OUT: Ray uploads the worker's own copy
             where = folder  # what a failed write was writing: the worker's own copy, then the one in OUT/train
             try:
                 save_checkpoint(run_state, os.path.join(folder, STATE_FILE))
                 where = ""
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                                 checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{metrics['epoch']:04d}")
+                                 checkpoint_dir_name=name)
             except Exception as err:
                 _mark_if_full_disk(err, where, config["study_name"], config["trial_id"])
                 raise

@@ -143,6 +143,7 @@ def test_a_search_that_fills_the_disk_stops_in_one_line_keeps_what_finished_and_
     proc = run_cli(*command, cwd=tmp_path)
     assert any(line.startswith(f"warning: low disk space: {out} has 105 MB free")
                for line in proc.stderr.splitlines()), proc.stderr[-3000:]
+    assert (out / "report.csv").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     report = pd.read_csv(out / "report.csv")
     first, second = (report[report["trial_number"] == n].iloc[0] for n in (1, 2))
     line = assert_disk_full(proc, f"disk full: No space left on device writing {out / 'train' / 'train-'}"

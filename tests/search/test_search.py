@@ -84,6 +84,21 @@ def test_report_table_has_a_row_per_trial_with_metrics_and_params(asha_run) -> N
     assert sorted(csv["param.lr"].round(9)) == sorted([1e-2, 2e-2, 1e-6, 1.1e-6, 1.2e-6, 1.3e-6])
 
 
+def test_each_report_carries_what_the_workers_reports_cost_and_its_checkpoint_is_ray_trains(asha_run) -> None:
+    """`report_s`: the running total of a worker's time in its earlier reports (a checkpoint
+    written straight where Ray Train keeps it, then handed over), what `python -m bench --cases
+    overhead` reports per epoch."""
+    _, out = asha_run
+    for path in out.glob("tune/run_trial_*/result.json"):
+        results = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        totals = [r["report_s"] for r in results]
+        assert totals[0] == 0 and all(b > a for a, b in zip(totals, totals[1:])), totals
+        for result in results:
+            checkpoint = Path(result["checkpoint_path"])
+            assert checkpoint.parent.parent == out / "train" and checkpoint.name == f"epoch-{result['epoch']:04d}"
+    assert not list(out.glob("train/*/epoch-*/.*")), "nothing but the checkpoint's own files"
+
+
 def test_the_fastest_of_the_top_5_within_the_tolerance_is_exported_with_the_figures(asha_run) -> None:
     _, out = asha_run
     meta = json.loads((out / "best" / "meta.json").read_text())

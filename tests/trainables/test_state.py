@@ -3,6 +3,7 @@ the refusal of a state that does not fit, and the random frozen weights the seed
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,14 @@ def test_a_checkpoint_is_written_without_crc32_and_loads_the_same(tmp_path: Path
     loaded = torch.load(tmp_path / "state.pt", weights_only=True)
     assert all(torch.equal(loaded[TRAINABLE][k], v) for k, v in state[TRAINABLE].items())
     assert loaded[FROZEN_SHA256] == state[FROZEN_SHA256]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_checkpoint_that_finds_the_disk_full_raises_the_systems_error() -> None:
+    """What `search.disk` recognises as a full disk (torch's own writer says "unexpected pos")."""
+    with pytest.raises(OSError) as raised:
+        save_checkpoint({"weights": torch.zeros(100_000)}, "/dev/full")
+    assert raised.value.errno == errno.ENOSPC
 
 
 def test_tensor_bytes_counts_every_tensor_of_a_nested_state() -> None:
