@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from typing import Any
 
 # Ray Train hands a worker's report (and checkpoint) over at its health-check poll, every
 # 2 s by default, and the worker waits for it: measured here, every epoch took >= 2.04 s
@@ -21,6 +23,13 @@ LOCAL_RAY_ENV = {**RAY_JOB_ENV, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 # their Train workers, which Ray Train restarts from the last checkpoint, never a trial's driver.
 ON_HEAD = {"node:__internal_head__": 0.001}
 
+# Ray Client's proxy forks a server process for every client, and the fork races gRPC's poller
+# in the proxy: now and then the new server dies at once and ray.init raises "Starting Ray
+# client server failed" (ray-project/ray#63202, open; ~7% of connections there, seen in our CI).
+# A new connection gets a new server process.
+CLIENT_ATTEMPTS = 3
+_CLIENT_SERVER_DIED = "Starting Ray client server failed"
+
 
 def start_ray(address: str | None) -> str | None:
     """Join `address`, or start a local Ray with its dashboard on 127.0.0.1; returns its URL."""
@@ -34,7 +43,7 @@ def start_ray(address: str | None) -> str | None:
     if address:
         # A job-level runtime env reaches the cluster's workers (at the cost of Ray's
         # logging config, which a runtime env overrides).
-        context = ray.init(address=address, logging_config=quiet, runtime_env={"env_vars": RAY_JOB_ENV})
+        context = _join(address, logging_config=quiet, runtime_env={"env_vars": RAY_JOB_ENV})
     else:
         for key, value in LOCAL_RAY_ENV.items():  # the local Ray's processes inherit them
             os.environ.setdefault(key, value)
@@ -43,3 +52,18 @@ def start_ray(address: str | None) -> str | None:
         context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
                            logging_config=quiet)
     return context.dashboard_url or None
+
+
+def _join(address: str, **init: Any) -> Any:
+    """ray.init(address, **init), connecting again when Ray Client's server died starting."""
+    import ray
+
+    for attempt in range(1, CLIENT_ATTEMPTS):
+        try:
+            return ray.init(address=address, **init)
+        except ConnectionAbortedError as err:
+            if _CLIENT_SERVER_DIED not in str(err):
+                raise
+            print(f"warning: the Ray Client server for this search died starting (a Ray race, ray-project/ray#63202); "
+                  f"connecting to {address} again ({attempt + 1} of {CLIENT_ATTEMPTS})", file=sys.stderr, flush=True)
+    return ray.init(address=address, **init)

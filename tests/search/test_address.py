@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -17,9 +18,21 @@ import pytest
 from tests.conftest import cli_env, tiny_experiment
 
 
+# The cluster's own token: a fresh machine has no ~/.ray/auth_token until some local
+# ray.init writes one, and `ray start --head` with token auth refuses to start without it.
+TOKEN = secrets.token_hex(32)
+
+
 def auth_env() -> dict[str, str]:
     # Joining a cluster with token auth needs the mode said out loud (README, --address).
-    return {**cli_env(), "RAY_AUTH_MODE": "token"}
+    return {**cli_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
+
+
+def client_server_logs(since: float) -> str:
+    """What Ray Client's per-client servers wrote since `since`: why one failed to start."""
+    logs = [log for log in (Path(tempfile.gettempdir()) / "ray").glob("session_*/logs/ray_client_server*")
+            if log.stat().st_mtime >= since]
+    return "".join(f"\n--- {log}\n{log.read_text()[-2000:]}" for log in sorted(logs))
 
 
 def free_port() -> int:
@@ -64,12 +77,71 @@ def head_node(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_search_runs_on_an_existing_cluster(head_node: dict[str, str], kind: str, coats: Path, tmp_path: Path) -> None:
     experiment = tiny_experiment(tmp_path, coats, trials=2, epochs=1)
+    started = time.time()
     proc = subprocess.run([sys.executable, "-m", "search.run", str(experiment), "--out", str(tmp_path / "out"),
                            "--address", head_node[kind]], capture_output=True, text=True, env=auth_env(),
                           cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + client_server_logs(started)
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
     assert "Searching 2 trials, 2 at a time, on 2 CPUs" in proc.stdout
     assert len(pd.read_csv(tmp_path / "out" / "report.csv")) == 2
     still_up = subprocess.run(["ray", "status", f"--address={head_node['gcs']}"], capture_output=True, env=auth_env())
     assert still_up.returncode == 0  # the search leaves the user's cluster running
+
+
+def died_starting() -> ConnectionAbortedError:
+    # What ray.init raises when the proxy's fork of the client's server died (ray-project/ray#63202).
+    return ConnectionAbortedError("Initialization failure from server:\nTraceback (most recent call last):\n"
+                                  "RuntimeError: Starting Ray client server failed. See ray_client_server_23000.err "
+                                  "for detailed logs.")
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_a_client_server_that_died_starting_is_connected_again(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture, failures: int) -> None:
+    import ray
+
+    from search.cluster import start_ray
+
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs["address"])
+        if len(calls) <= failures:
+            raise died_starting()
+        return type("Context", (), {"dashboard_url": "127.0.0.1:8265"})()
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    assert start_ray("ray://head:10001") == "127.0.0.1:8265"
+    assert calls == ["ray://head:10001"] * (failures + 1)
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == failures and all("ray-project/ray#63202" in line for line in warnings)
+
+
+def test_a_client_server_that_keeps_dying_or_another_refusal_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from search.cluster import CLIENT_ATTEMPTS, start_ray
+
+    calls = []
+
+    def dying(**kwargs):
+        calls.append(1)
+        raise died_starting()
+
+    monkeypatch.setattr(ray, "init", dying)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(ConnectionAbortedError, match="Starting Ray client server failed"):
+        start_ray("ray://head:10001")
+    assert len(calls) == CLIENT_ATTEMPTS
+
+    def refused(**kwargs):  # any other refusal is the user's to see at once, not retried
+        calls.append(1)
+        raise ConnectionAbortedError("Initialization failure from server: version mismatch")
+
+    calls.clear()
+    monkeypatch.setattr(ray, "init", refused)
+    with pytest.raises(ConnectionAbortedError, match="version mismatch"):
+        start_ray("ray://head:10001")
+    assert len(calls) == 1
