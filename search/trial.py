@@ -13,13 +13,14 @@ out-of-memory, never after an exception of the training code (`search.failures`)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -113,17 +114,23 @@ def full_disk_marker(study_name: str, trial_id: str) -> str:
     return f"disk-full/{study_name}/{trial_id}"
 
 
-def _mark_if_full_disk(error: Exception, where: str, study_name: str, trial_id: str) -> None:
-    """Tell the driver that this trial did not fail, the disk did (see `full_disk_marker`)."""
-    from ray.experimental import internal_kv
+@contextlib.contextmanager
+def _full_disk_marked(where: str, study_name: str, trial_id: str) -> Iterator[None]:
+    """Tell the driver when what runs inside failed because the disk is full: the trial did not
+    fail, the disk did (see `full_disk_marker`). `where`: the folder being written, "" for OUT."""
+    try:
+        yield
+    except Exception as error:
+        from ray.experimental import internal_kv
 
-    from search.disk import full_reason
-    from search.reaper import KV_NAMESPACE
+        from search.disk import full_reason
+        from search.reaper import KV_NAMESPACE
 
-    reason = full_reason(error)
-    if reason:
-        internal_kv._internal_kv_put(full_disk_marker(study_name, trial_id), f"{reason}\n{where}".encode(),
-                                     namespace=KV_NAMESPACE)
+        reason = full_reason(error)
+        if reason:
+            internal_kv._internal_kv_put(full_disk_marker(study_name, trial_id), f"{reason}\n{where}".encode(),
+                                         namespace=KV_NAMESPACE)
+        raise
 
 
 def trial_batch(batch_size: int, state: dict[str, Any] | None, halve: bool) -> tuple[int, str]:
@@ -212,25 +219,18 @@ def train_worker(config: dict[str, Any]) -> None:
             # Written where Ray Train keeps it and registered as it is: one write of the state,
             # not a temporary copy then a copy of that (the worker waits for both).
             folder = storage.build_checkpoint_path_from_name(name)
-            try:
+            with _full_disk_marked("", config["study_name"], config["trial_id"]):
                 os.makedirs(folder, exist_ok=True)
                 save_checkpoint(run_state, os.path.join(folder, STATE_FILE))
-            except Exception as err:
-                _mark_if_full_disk(err, "", config["study_name"], config["trial_id"])
-                raise
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint(folder, filesystem=storage.storage_filesystem),
                              checkpoint_dir_name=name, checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD)
             return
         with tempfile.TemporaryDirectory() as folder:  # a URI's OUT: Ray uploads the worker's own copy
-            where = folder  # what a failed write was writing: the worker's own copy, then the one in OUT/train
-            try:
+            with _full_disk_marked(folder, config["study_name"], config["trial_id"]):
                 save_checkpoint(run_state, os.path.join(folder, STATE_FILE))
-                where = ""
+            with _full_disk_marked("", config["study_name"], config["trial_id"]):
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                                  checkpoint_dir_name=name)
-            except Exception as err:
-                _mark_if_full_disk(err, where, config["study_name"], config["trial_id"])
-                raise
 
     share = None
     if config["features"] is not None:

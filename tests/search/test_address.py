@@ -17,7 +17,6 @@ import pytest
 
 from tests.conftest import cli_env, tiny_experiment
 
-
 # The cluster's own token: a fresh machine has no ~/.ray/auth_token until some local
 # ray.init writes one, and `ray start --head` with token auth refuses to start without it.
 TOKEN = secrets.token_hex(32)
@@ -30,8 +29,8 @@ def auth_env() -> dict[str, str]:
 
 def client_server_logs(since: float) -> str:
     """What Ray Client's per-client servers wrote since `since`: why one failed to start."""
-    logs = [log for log in (Path(tempfile.gettempdir()) / "ray").glob("session_*/logs/ray_client_server*")
-            if log.stat().st_mtime >= since]
+    logs = {log.resolve() for log in (Path(tempfile.gettempdir()) / "ray").glob("session_2*/logs/ray_client_server*")
+            if log.stat().st_mtime >= since}
     return "".join(f"\n--- {log}\n{log.read_text()[-2000:]}" for log in sorted(logs))
 
 
