@@ -21,7 +21,9 @@
 # --quick shrinks every step: the CPU dry run (tests/bench/test_gpu_suite.py) checks the command so it
 # cannot rot between GPU sessions. $PYTHON (default python3) runs it all; $WORK (default: a temporary
 # folder, removed at the end) holds the generated data and the searches; $SUITE_COMMIT names the commit
-# where no .git travelled. Exit status: 0 when every step passed, 1 when one failed, 2 for a bad option.
+# where no .git travelled; $SUITE_STEPS (names, space-separated) runs those steps alone (CI's dry run
+# leaves out the steps other tests run). Exit status: 0 when every step passed, 1 when one failed, 2 for a
+# bad option.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,6 +87,9 @@ failed=0
 step() {  # step NAME LIMIT_S COMMAND...: run it under `timeout`, its output to the console and suite.log
   local name=$1 limit=$2 from started code
   shift 2
+  if [ -n "${SUITE_STEPS:-}" ] && [[ " $SUITE_STEPS " != *" $name "* ]]; then
+    return 0
+  fi
   from=$(wc -c < "$LOG")
   started=$(date +%s.%N)
   echo "=== $name (at most $limit s): $*" | tee -a "$LOG"

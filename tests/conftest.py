@@ -17,6 +17,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="kill-and-resume drills at every moment (CI runs a few)")
     parser.addoption("--all-tutorials", action="store_true",
                      help="every tutorial's --smoke run (CI runs carnivores'; the others differ in their data only)")
+    parser.addoption("--all-gpu-steps", action="store_true",
+                     help="the GPU suite's CPU dry run with every step (CI leaves out those other tests run)")
+
+
+def kill_drill(request: pytest.FixtureRequest) -> None:
+    """Skip this kill drill unless `--all-kill-moments`: CI runs the search's own kill moments
+    (tests/search/test_resume.py), the drills beyond them on demand."""
+    if not request.config.getoption("--all-kill-moments"):
+        pytest.skip("a kill drill: pytest --all-kill-moments runs it (CI runs the search's own kill moments)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -18,7 +18,7 @@ from search.searcher import TUNE_TRIAL_ID, search_trials
 from search.space import space_function
 from search.spec import Budget, Choice, Experiment, IntRange, LogUniform, Space, SpecError
 from search.warm import WARM_FROM, warm_start
-from tests.conftest import leftovers, tiny_experiment, write_experiment
+from tests.conftest import kill_drill, leftovers, tiny_experiment, write_experiment
 
 
 def study_of(out: Path, name: str = "tiny") -> optuna.Study:
@@ -227,8 +227,7 @@ def test_a_reader_of_the_study_during_the_search_does_not_break_it(ray_session, 
 @pytest.mark.slow
 def test_an_extension_killed_midway_resumes_to_one_study_of_all_trials(coats: Path, tmp_path: Path,
                                                                        request: pytest.FixtureRequest) -> None:
-    if not request.config.getoption("--all-kill-moments"):
-        pytest.skip("a kill drill: pytest --all-kill-moments runs it (CI runs the search's own kill moments)")
+    kill_drill(request)
     import os
     import signal
     import subprocess

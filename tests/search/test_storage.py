@@ -113,12 +113,16 @@ def test_the_study_is_uploaded_as_sqlite_sees_it_not_as_its_bytes_are_mid_write(
     assert [p.name for p in out.local.iterdir()] == ["optuna.db"]  # no snapshot left behind
 
 @pytest.mark.slow
-def test_a_lost_head_with_out_on_s3_resumes_on_a_new_head_from_the_uri(s3_server, coats: Path,
-                                                                       tmp_path: Path) -> None:
+def test_a_lost_head_with_out_on_s3_resumes_on_a_new_head_from_the_uri(s3_server, coats: Path, tmp_path: Path,
+                                                                       request: pytest.FixtureRequest) -> None:
     """The head node's loss, as the README tells the user to recover from it: the driver and
     the Ray it started SIGKILLed mid-search (nothing of the head survives), then the same
     command with --resume on a "new head": another cache and work folder, a new Ray. Every
-    trial once, the study's trials the report's, nothing trained again from scratch."""
+    trial once, the study's trials the report's, nothing trained again from scratch. On demand
+    (`--all-kill-moments`): CI's S3 resume is test_a_search_writes_everything_to_an_s3_out_and_resumes_from_it."""
+    from tests.conftest import kill_drill
+
+    kill_drill(request)
     import optuna
     import pandas as pd
 
