@@ -149,6 +149,17 @@ def trial_batch(batch_size: int, state: dict[str, Any] | None, halve: bool) -> t
     return batch_size, note
 
 
+def _quiet_reports() -> None:
+    """Keep Ray Train's "Reporting training result ..." (every report, INFO) off the console.
+    Its logger is named after its file, not `ray.train`, so RunConfig's LoggingConfig misses it
+    (Ray 2.60, ray/train/v2/_internal/execution/context.py)."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray: its own logging, nothing of ours to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: load the cached arrays, resume if a checkpoint exists, run `fit`."""
     import pyarrow.fs
@@ -160,6 +171,7 @@ def train_worker(config: dict[str, Any]) -> None:
     from trainables.loop import LAST_METRICS, fit
     from trainables.state import save_checkpoint
 
+    _quiet_reports()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
@@ -346,5 +358,9 @@ def _trainer(loop_config: dict[str, Any], settings: TrialSettings, trial_id: str
                 checkpoint_score_order=settings.mode),
             # run_trial retries, by cause; Ray Train would retry a diverged loss as a dead worker.
             failure_config=train.FailureConfig(max_failures=0),
+            # Train's INFO lines (every report, every worker group started, and a page of
+            # "Training failed" for each trial ASHA stops) would bury Tune's status table; Train's
+            # own log files under the Ray session keep them all.
+            logging_config=train.LoggingConfig(log_level="WARNING"),
         ),
     )

@@ -96,7 +96,7 @@ def with_mirror(model: nn.Module, images: np.ndarray, device: torch.device, logi
 
 
 def _loss_and_accuracy(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
-    targets = torch.as_tensor(labels)
+    targets = torch.tensor(labels)  # a copy: labels from Ray's object store are read-only, which torch warns of
     return F.cross_entropy(logits, targets).item(), (logits.argmax(1) == targets).float().mean().item()
 
 

@@ -36,6 +36,11 @@ def test_cli_runs_a_search_end_to_end(coats: Path, tmp_path: Path) -> None:
     proc = run_cli(str(experiment), "--data", str(coats), "--out", "out", "--seed", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Ray dashboard: http://127.0.0.1:" in proc.stdout
+    # Ray Train's INFO lines (each report; a page per trial ASHA stops) and warnings of our own
+    # code stay off the console
+    console = proc.stdout + proc.stderr
+    assert "Reporting training result" not in console and "[FailurePolicy]" not in console
+    assert "UserWarning" not in console, console
     report = pd.read_csv(tmp_path / "out" / "report.csv")
     assert len(report) == 3 and report["status"].isin(["completed", "early_stopped"]).all()
     meta = json.loads((tmp_path / "out" / "best" / "meta.json").read_text())
