@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 # Ray Train hands a worker's report (and checkpoint) over at its health-check poll, every
@@ -24,11 +25,14 @@ LOCAL_RAY_ENV = {**RAY_JOB_ENV, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 ON_HEAD = {"node:__internal_head__": 0.001}
 
 # Ray Client's proxy forks a server process for every client, and the fork races gRPC's poller
-# in the proxy: now and then the new server dies at once and ray.init raises "Starting Ray
-# client server failed" (ray-project/ray#63202, open; ~7% of connections there, seen in our CI).
-# A new connection gets a new server process.
+# in the proxy: now and then the new server dies at once (ray-project/ray#63202, open; ~7% of
+# connections there, seen in our CI). ray.init then raises ConnectionAbortedError with the
+# proxy's traceback: "Starting Ray client server failed", or psutil's ZombieProcess from
+# `start_specific_server` when the child died before the proxy looked at it. A new connection
+# gets a new server process.
 CLIENT_ATTEMPTS = 3
-_CLIENT_SERVER_DIED = "Starting Ray client server failed"
+CLIENT_PAUSE_S = 1.0  # between attempts: the proxy's threads that raced the fork have moved on
+_CLIENT_SERVER_DIED = ("Starting Ray client server failed", "start_specific_server")
 
 
 def start_ray(address: str | None) -> str | None:
@@ -62,8 +66,9 @@ def _join(address: str, **init: Any) -> Any:
         try:
             return ray.init(address=address, **init)
         except ConnectionAbortedError as err:
-            if _CLIENT_SERVER_DIED not in str(err):
+            if not any(sign in str(err) for sign in _CLIENT_SERVER_DIED):
                 raise
             print(f"warning: the Ray Client server for this search died starting (a Ray race, ray-project/ray#63202); "
                   f"connecting to {address} again ({attempt + 1} of {CLIENT_ATTEMPTS})", file=sys.stderr, flush=True)
+            time.sleep(CLIENT_PAUSE_S)
     return ray.init(address=address, **init)
