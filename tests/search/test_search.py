@@ -60,17 +60,19 @@ def test_search_with_more_trials_than_fit_completes_without_the_dashboard(asha_r
 
 
 def test_a_trial_starts_only_the_processes_it_needs(asha_run, ray_session) -> None:
-    """Each trial is a Ray Train job (a controller and a worker of its own), without the
-    processes Ray Train would add for nothing here: a placement-group cleaner (search/reaper.py
-    frees stopped trials' groups), a datasets manager (no Ray Dataset) and, on the local Ray,
-    a preemption watcher."""
+    """Each trial is a Ray Train job whose controller runs in the trial's driver (no process of
+    its own, and Tune hears each report straight from it, not through a queue actor), without
+    the processes Ray Train would add for nothing here: a placement-group cleaner
+    (search/reaper.py frees stopped trials' groups), a datasets manager (no Ray Dataset) and,
+    on the local Ray, a preemption watcher."""
     from ray._private import state
 
     code, out = asha_run
     assert code == 0
     started = Counter(actor["ActorClassName"] for actor in state.actors().values())
-    assert started["TrainController"] >= 6 and started["RayTrainWorker"] >= 6
-    assert not {"PlacementGroupCleaner", "DatasetManager", "PreemptionWatcher"} & set(started), started
+    assert started["RayTrainWorker"] >= 6 and started["SynchronizationActor"] >= 6, started
+    unneeded = {"TrainController", "_QueueActor", "PlacementGroupCleaner", "DatasetManager", "PreemptionWatcher"}
+    assert not unneeded & set(started), started
 
 
 def test_report_table_has_a_row_per_trial_with_metrics_and_params(asha_run) -> None:
