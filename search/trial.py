@@ -259,9 +259,18 @@ def train_worker(config: dict[str, Any]) -> None:
         from search.features import sharing
 
         share = sharing(config["features"])
-    fit(hp, data, config["max_epochs"], report, state=state,
-        device=device, seed=config["seed"], rank=rank, world_size=world_size,
-        prepare_model=ray.train.torch.prepare_model, share_features=share, data_key=config["data_key"] or None)
+    try:
+        fit(hp, data, config["max_epochs"], report, state=state,
+            device=device, seed=config["seed"], rank=rank, world_size=world_size,
+            prepare_model=ray.train.torch.prepare_model, share_features=share, data_key=config["data_key"] or None)
+    except BaseException:
+        # The epoch before a failure reaches Tune with its checkpoint, as when checkpoints were
+        # written in line: a retry resumes from it. Ray flushes its upload thread only after a
+        # train function that returned (Ray 2.60, worker_group/worker.py, private).
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        get_train_context().checkpoint_upload_threadpool.shutdown(wait=True)
+        raise
 
 
 def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:

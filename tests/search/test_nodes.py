@@ -34,9 +34,11 @@ def test_trials_train_on_worker_nodes_and_their_drivers_stay_on_the_head(lost_no
     assert probe["exit_code"] == 0, probe["output"]
     nodes = {role: probe[role] for role in ("head", "killed", "joined")}
     where = {cls: Counter(a["node"] for a in probe["actors"] if a["class"] == cls)
-             for cls in ("ImplicitFunc", "TrainController", "RayTrainWorker")}
-    # Every trial's driver and Train controller on the head, which no failure of a worker node takes down.
-    assert set(where["ImplicitFunc"]) == {nodes["head"]} and set(where["TrainController"]) == {nodes["head"]}
+             for cls in ("ImplicitFunc", "SynchronizationActor", "TrainController", "RayTrainWorker")}
+    # Every trial's driver (with its Train controller in it: no actor of its own) and Train's
+    # synchronisation actor on the head, which no failure of a worker node takes down.
+    assert set(where["ImplicitFunc"]) == {nodes["head"]} == set(where["SynchronizationActor"])
+    assert not where["TrainController"]
     # The training itself where the CPUs are: on the first worker node, then on its replacement.
     assert set(where["RayTrainWorker"]) == {nodes["killed"], nodes["joined"]}, (nodes, where)
 
