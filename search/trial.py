@@ -357,14 +357,7 @@ def _lean(trainer_class: type) -> type:
             from ray.train.v2._internal.execution.controller import TrainController
 
             controller = TrainController(**controller_init_kwargs)
-            try:
-                asyncio.run(controller.run())
-            except BaseException:
-                # Tune stopped the trial (ASHA): its report raised SystemExit in this thread. The
-                # workers go now, not with this process, which Tune reuses for its next trial.
-                if controller.get_worker_group() is not None:
-                    controller._shutdown_worker_group()
-                raise
+            asyncio.run(controller.run())
             return controller.get_result()
 
     LeanTrainer.__name__ = LeanTrainer.__qualname__ = trainer_class.__name__
