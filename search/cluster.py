@@ -11,7 +11,10 @@ from typing import Any
 # 2 s by default, and the worker waits for it: measured here, every epoch took >= 2.04 s
 # however short. The same poll notices a finished run. Every 0.2 s, a report waits ~0.1 s on
 # average, for one cheap status call per worker and poll.
-RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+RAY_JOB_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+               # How long Tune waits for a reused trial driver to end its last trial (default 2 s);
+               # ending its Train workers gracefully may take longer on a busy node.
+               "TUNE_FUNCTION_THREAD_TIMEOUT_S": "10"}
 # On the local Ray only: no node of it is ever preempted, so Ray Train's preemption watcher
 # (a process of its own for every trial, polling every 5 s) has nothing to watch. A cluster's
 # spot nodes keep it.

@@ -134,7 +134,10 @@ def _new_round(experiment: Experiment, output: Output, the_plan: tuning.Plan, tr
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
-            scheduler=tuning.scheduler(experiment, output.path), num_samples=max(1, trials)),
+            scheduler=tuning.scheduler(experiment, output.path), num_samples=max(1, trials),
+            # A trial's driver process goes on to the next trial (search/trial.py `_lean` ends
+            # a stopped trial's workers at once): no new process, imports and placement per trial.
+            reuse_actors=True),
         run_config=tune.RunConfig(name=round_dir(number), storage_path=output.uri, callbacks=[PlacementGroupReaper()],
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=1),
     )

@@ -357,7 +357,14 @@ def _lean(trainer_class: type) -> type:
             from ray.train.v2._internal.execution.controller import TrainController
 
             controller = TrainController(**controller_init_kwargs)
-            asyncio.run(controller.run())
+            try:
+                asyncio.run(controller.run())
+            except BaseException:
+                # Tune stopped the trial (ASHA): its report raised SystemExit in this thread. The
+                # workers go now, not with this process, which Tune reuses for its next trial.
+                if controller.get_worker_group() is not None:
+                    controller._shutdown_worker_group()
+                raise
             return controller.get_result()
 
     LeanTrainer.__name__ = LeanTrainer.__qualname__ = trainer_class.__name__
