@@ -111,14 +111,14 @@ def finished_marker(study_name: str, trial_id: str) -> str:
 
 def full_disk_marker(study_name: str, trial_id: str) -> str:
     """The GCS key that says: this trial's checkpoint found the disk full. Its value is the
-    system's words for it and, when the failed write was the worker's own temporary copy, where."""
+    system's words for it."""
     return f"disk-full/{study_name}/{trial_id}"
 
 
 @contextlib.contextmanager
-def _full_disk_marked(where: str, study_name: str, trial_id: str) -> Iterator[None]:
+def _full_disk_marked(study_name: str, trial_id: str) -> Iterator[None]:
     """Tell the driver when what runs inside failed because the disk is full: the trial did not
-    fail, the disk did (see `full_disk_marker`). `where`: the folder being written, "" for OUT."""
+    fail, the disk did (see `full_disk_marker`)."""
     try:
         yield
     except Exception as error:
@@ -129,7 +129,7 @@ def _full_disk_marked(where: str, study_name: str, trial_id: str) -> Iterator[No
 
         reason = full_reason(error)
         if reason:
-            internal_kv._internal_kv_put(full_disk_marker(study_name, trial_id), f"{reason}\n{where}".encode(),
+            internal_kv._internal_kv_put(full_disk_marker(study_name, trial_id), reason.encode(),
                                          namespace=KV_NAMESPACE)
         raise
 
@@ -240,7 +240,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
         def write(checkpoint: Any, _name: str) -> Any:
             try:
-                with _full_disk_marked("", config["study_name"], config["trial_id"]):
+                with _full_disk_marked(config["study_name"], config["trial_id"]):
                     write_checkpoint(storage.storage_filesystem, folder, snapshot.getbuffer(), direct)
             finally:
                 written.set()

@@ -256,13 +256,12 @@ class StopWhenDiskFull(tune.Callback):
         marker = internal_kv._internal_kv_get(full_disk_marker(self.study_name, trial.trial_id),
                                               namespace=KV_NAMESPACE)
         if marker is not None:
-            reason, _, where = marker.decode().partition("\n")
+            reason = marker.decode()
         else:  # the write that failed was not the worker's (Train's record of checkpoints, Tune's files)
             error_file = Path(trial.error_file or "")  # the driver's copy: the one in OUT may be cut short
             reason = text_reason(error_file.read_text(errors="replace")) if error_file.is_file() else None
-            where = ""
         if reason and self.full is None:
-            self.full = DiskFull(where or self.output.display(TRAIN_DIR, train_run_name(trial.trial_id)), reason)
+            self.full = DiskFull(self.output.display(TRAIN_DIR, train_run_name(trial.trial_id)), reason)
             ask_tune_to_stop()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
