@@ -27,7 +27,7 @@ from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMA
 from search.memory import check_count_fits, check_fits
 from search.space import without_random_frozen_backbones
 from search.spec import Experiment, SpecError, load_experiment, replace
-from search.stop import GracefulStop
+from search.stop import GracefulStop, exit_code, terminate_interrupts
 from search.storage import Output, display_uri, open_output
 from search.trial import EpochHook
 from trainables import data, parallel
@@ -291,6 +291,12 @@ def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) ->
     """The CLI; `on_epoch` (for tests and drills) runs in every trial's worker after each epoch."""
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    with terminate_interrupts():
+        return _main(args, on_epoch)
+
+
+def _main(args: argparse.Namespace, on_epoch: EpochHook | None) -> int:
+    output = None
     try:
         check_folders(args)
         if args.mlflow:  # a wrong URI costs seconds, not a decoded data set
@@ -317,9 +323,12 @@ def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) ->
     except disk.DiskFull as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_DISK_FULL
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before the search could stop cleanly
-        print("Interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:  # a second signal, or one outside the search (decoding, export)
+        # A search that started can be resumed from wherever it stopped (the kill drills).
+        started = output is not None and (output.local / MANIFEST_FILE).is_file()
+        print(f"Interrupted; continue it with: {resume_command(args.argv)}" if started else "Interrupted.",
+              file=sys.stderr, flush=True)
+        return exit_code(interrupt)
 
 
 if __name__ == "__main__":

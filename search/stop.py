@@ -1,5 +1,7 @@
 """Ctrl-C and SIGTERM end a search cleanly: Tune stops after its current step and saves its
-state, the run reports what finished and says how to resume, and exits 130 or 143.
+state, the run reports what finished and says how to resume, and exits 130 or 143. Outside
+the search (the data's decoding, the report and the export) either signal stops the command
+at once, as a KeyboardInterrupt (`terminate_interrupts`).
 
 Tune's own SIGINT handler is turned off (TUNE_DISABLE_SIGINT_HANDLER) so that one handler
 sees both signals; it asks Tune to stop through SIGUSR1, the signal Tune always listens to
@@ -8,9 +10,12 @@ while it runs. A second signal, or one before Tune listens, stops at once (Keybo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -43,7 +48,7 @@ class GracefulStop:
         self.signum = self.signum or signum
         tune_listens = signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None)
         if not (first and tune_listens):
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         print(f"\n{signal.Signals(signum).name}: stopping the search after the current step and saving its "
               "state (send it again to stop at once) ...", file=sys.stderr, flush=True)
         ask_tune_to_stop()
@@ -53,3 +58,32 @@ def ask_tune_to_stop() -> None:
     """Ask the Tune run in this process to stop after its current step and save its state, as
     an interruption: trials not done stay unfinished (Tune's SIGUSR1)."""
     os.kill(os.getpid(), signal.SIGUSR1)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the search: the command stops at once, as after Ctrl-C."""
+
+    signum = signal.SIGTERM
+
+
+def exit_code(interrupt: KeyboardInterrupt) -> int:
+    """128 + the signal's number: 143 after SIGTERM, 130 after Ctrl-C."""
+    return 128 + getattr(interrupt, "signum", signal.SIGINT)
+
+
+@contextlib.contextmanager
+def terminate_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM raises `Terminated`, so it ends the command the way Ctrl-C does
+    (what the caller prints, the exit code), not silently. Only the main thread handles signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

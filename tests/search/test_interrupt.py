@@ -4,12 +4,14 @@ not finish, and the printed --resume command finishes the search."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -20,12 +22,14 @@ TRIALS = 4  # 2 at a time: interrupted at the first result, some are running, so
 
 
 def interrupt_after_first_result(experiment: Path, out: Path, signum: int, cwd: Path) -> subprocess.CompletedProcess:
-    """Run the search, send `signum` to its driver once a trial has reported, wait for its exit."""
+    """Run the search, send `signum` to its driver once a trial has reported, wait for its exit.
+    A report's checkpoint is in OUT/train at once; Tune's copy of its results (OUT/tune) may lag
+    by seconds, long enough on a busy machine for a small search to end first."""
     proc = subprocess.Popen([sys.executable, "-m", "search.run", str(experiment), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=cwd)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if any(p.read_text().strip() for p in out.glob("tune/run_trial_*/result.json")):
+        if any(out.glob("train/train-*/epoch-*/*")):
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the search ended before it could be interrupted"
@@ -67,3 +71,42 @@ def test_sigterm_exits_143_with_the_state_saved(coats: Path, tmp_path: Path) -> 
     assert stopped.returncode == 143, stopped.stdout[-2000:] + stopped.stderr[-2000:]
     assert "--resume" in stopped.stderr and (out / "report.csv").is_file()
     assert json.loads((out / "manifest.json").read_text())["state"] == "interrupted"
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_the_data_decodes_stops_at_once_without_a_resume_line(
+        coats: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        signum: int, code: int) -> None:
+    from search import run
+
+    def decoding(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signum)  # as a user's Ctrl-C or a scheduler's SIGTERM would, mid-decode
+        time.sleep(5)
+        raise AssertionError("the signal did not stop the command")
+
+    monkeypatch.setattr(run, "_prepare", decoding)
+    experiment = tiny_experiment(tmp_path, coats)
+    assert run.main([str(experiment), "--out", str(tmp_path / "out")]) == code
+    err = capsys.readouterr().err
+    assert "Interrupted." in err and "--resume" not in err  # nothing was started: nothing to resume
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command's handler is gone with it
+
+
+def test_a_signal_after_the_search_started_says_how_to_continue(
+        coats: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A signal during the report or the export (after Tune's run ended) stops the command at
+    once; the search's folder holds what --resume needs to finish it (the kill drills)."""
+    from search import manifest, run
+
+    def exporting(experiment: object, args: object, output: Any, *rest: object) -> int:
+        manifest.write(output.local, experiment, "sha", "running")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("the signal did not stop the command")
+
+    monkeypatch.setattr(run, "_search", exporting)
+    out = tmp_path / "out"
+    experiment = tiny_experiment(tmp_path, coats)
+    assert run.main([str(experiment), "--out", str(out)]) == 143
+    line = next(line for line in capsys.readouterr().err.splitlines() if "continue it with: " in line)
+    assert line.endswith(f"--out {out} --resume")
