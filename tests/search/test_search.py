@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -36,12 +37,15 @@ resources=Resources(workers=1, cpus_per_worker=1),
 """
 
 
+SEARCH_STARTED: dict[str, float] = {}  # when asha_run's search began: the actors it started came after
+
 # Ray Data's coordinator: one detached, restartable actor per cluster, shared by every job
 # and meant to outlive them (get_if_exists); not something a search owns.
 @pytest.fixture(scope="module")
 def asha_run(ray_session, coats: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
     folder = tmp_path_factory.mktemp("asha")
     experiment = write_experiment(folder, ASHA_EXPERIMENT.format(data=coats))
+    SEARCH_STARTED["at"] = time.time()
     out = folder / "out"
     return main([str(experiment), "--out", str(out)]), out
 
@@ -64,13 +68,17 @@ def test_a_trial_starts_only_the_processes_it_needs(asha_run, ray_session) -> No
     its own, and Tune hears each report straight from it, not through a queue actor), without
     the processes Ray Train would add for nothing here: a placement-group cleaner
     (search/reaper.py frees stopped trials' groups), a datasets manager (no Ray Dataset) and,
-    on the local Ray, a preemption watcher."""
+    on the local Ray, a preemption watcher. A driver goes on to the next trial, and keeps one
+    synchronisation actor for all of its trials (search/syncpool.py)."""
     from ray._private import state
 
     code, out = asha_run
     assert code == 0
-    started = Counter(actor["ActorClassName"] for actor in state.actors().values())
-    assert started["RayTrainWorker"] >= 6 and started["SynchronizationActor"] >= 6, started
+    started = Counter(actor["ActorClassName"] for actor in state.actors().values()
+                      if actor["StartTime"] / 1000 >= SEARCH_STARTED["at"])
+    assert started["RayTrainWorker"] >= 6, started  # a worker per trial
+    assert 1 <= started["ImplicitFunc"] < 6, started  # Tune reused its trials' drivers
+    assert started["SynchronizationActor"] <= started["ImplicitFunc"], started
     unneeded = {"TrainController", "_QueueActor", "PlacementGroupCleaner", "DatasetManager", "PreemptionWatcher"}
     assert not unneeded & set(started), started
 
