@@ -27,7 +27,7 @@ from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMA
 from search.memory import check_count_fits, check_fits
 from search.space import without_random_frozen_backbones
 from search.spec import Experiment, SpecError, load_experiment, replace
-from search.stop import GracefulStop, exit_code, terminate_interrupts
+from search.stop import GracefulStop, exit_code, terminate_as_interrupt, terminate_interrupts
 from search.storage import Output, display_uri, open_output
 from search.trial import EpochHook
 from trainables import data, parallel
@@ -230,6 +230,7 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
     from search.finish import finish
 
     dashboard = start_ray(args.address)
+    terminate_as_interrupt()  # ray.init's own handler would end a SIGTERM during the export silently
     if dashboard:
         print(f"Ray dashboard: http://{dashboard}", flush=True)
     the_plan = tuning.plan(experiment, autoscaling=args.address is not None)

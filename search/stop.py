@@ -78,12 +78,20 @@ def terminate_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, handle)
+    previous = signal.getsignal(signal.SIGTERM)
+    terminate_as_interrupt()
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def terminate_as_interrupt() -> None:
+    """SIGTERM raises `Terminated` from now on (in the main thread; elsewhere nothing changes).
+    Again after `ray.init`, whose own handler exits silently with status 15."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated

@@ -73,6 +73,26 @@ def test_sigterm_exits_143_with_the_state_saved(coats: Path, tmp_path: Path) -> 
     assert json.loads((out / "manifest.json").read_text())["state"] == "interrupted"
 
 
+@pytest.mark.slow
+def test_sigterm_during_the_export_says_how_to_finish(coats: Path, tmp_path: Path) -> None:
+    """After Tune's run, while the report and the export are written (report.csv comes first):
+    a SIGTERM stops the command at once, with 143 and the --resume command, as Ctrl-C would;
+    not ray.init's silent exit 15."""
+    experiment = tiny_experiment(tmp_path, coats, trials=2, epochs=1)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "search.run", str(experiment), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not (out / "report.csv").is_file():
+        time.sleep(0.1)
+    assert proc.poll() is None, "the search ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 143, stdout[-2000:] + stderr[-2000:]
+    assert f"continue it with: python -m search.run {experiment} --out {out} --resume" in stderr, stderr[-2000:]
+    assert json.loads((out / "manifest.json").read_text())["state"] != "finished"
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_while_the_data_decodes_stops_at_once_without_a_resume_line(
         coats: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
