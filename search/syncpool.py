@@ -29,16 +29,11 @@ def install() -> None:
     """Make this process's Ray Train runs share one synchronisation actor (idempotent)."""
     from ray.train.v2._internal.execution.worker_group import state, worker_group
 
-    if getattr(worker_group.SynchronizationActor, "kept_by", None) is not _KeptSynchronizationActor:
+    if worker_group.SynchronizationActor is not _KeptSynchronizationActor:
         _KeptSynchronizationActor.original = worker_group.SynchronizationActor
         worker_group.SynchronizationActor = _KeptSynchronizationActor
         kill = state._shutdown_sync_actor
         state._shutdown_sync_actor = lambda actor: None if _is_kept(actor) else kill(actor)
-
-
-def kept() -> list[Any]:
-    """The synchronisation actors this process keeps (for tests)."""
-    return list(_KEPT.values())
 
 
 def _is_kept(actor: Any) -> bool:
@@ -49,15 +44,11 @@ class _KeptSynchronizationActor:
     """Stands in for `SynchronizationActor` where Ray Train's worker group starts one:
     `.options(...).remote(...)` returns the kept actor, its barrier cleared, or starts it."""
 
-    kept_by: type | None = None  # set below: marks the worker-group module as patched
-    original: Any = None
+    original: Any = None  # Ray's SynchronizationActor
 
     @classmethod
     def options(cls, **options: Any) -> _Starter:
         return _Starter(cls.original, options)
-
-
-_KeptSynchronizationActor.kept_by = _KeptSynchronizationActor
 
 
 class _Starter:
