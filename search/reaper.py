@@ -10,12 +10,18 @@ failed workers, and a trial whose last attempt fails leaves that group behind to
 callback removes the trial's groups when it ends, whatever the user's dashboard setting.
 Removing a group that Train already removed is harmless.
 
+A group a trial's driver keeps for its next trial (search/workerpool.py) is not its trial's: the
+driver records it under its own actor id instead, and this callback removes it once that
+driver is dead (Ray removes a group only when its creating actor and job are both gone), and
+every such group when the round ends.
+
 Trials start no such cleaner (search/trial.py leaves Train's callback out).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from ray import tune
@@ -64,8 +70,63 @@ def remove_placement_group(group_hex: str) -> None:
         logger.debug("placement group %s not removed: %s", group_hex, err)
 
 
+def _kept_prefix() -> str:
+    import ray
+
+    return f"kept-placement-groups/{ray.get_runtime_context().get_job_id()}/"
+
+
+def register_kept_group(group_hex: str) -> None:
+    """In a trial's driver: record a placement group it keeps across its trials as its own."""
+    import ray
+    from ray.experimental import internal_kv
+
+    driver = ray.get_runtime_context().get_actor_id()
+    internal_kv._internal_kv_put(f"{_kept_prefix()}{driver}/{group_hex}", b"", namespace=KV_NAMESPACE)
+
+
+def forget_kept_group(group_hex: str) -> None:
+    """In a trial's driver: the group it kept is removed (or no longer kept)."""
+    import ray
+    from ray.experimental import internal_kv
+
+    driver = ray.get_runtime_context().get_actor_id()
+    internal_kv._internal_kv_del(f"{_kept_prefix()}{driver}/{group_hex}", namespace=KV_NAMESPACE)
+
+
+def remove_kept_groups(everything: bool = False) -> int:
+    """Remove the groups kept by drivers that are dead (all of them with `everything`); returns how many."""
+    from ray._private import state
+    from ray.experimental import internal_kv
+
+    removed = 0
+    for key in internal_kv._internal_kv_list(_kept_prefix(), namespace=KV_NAMESPACE):
+        driver, group = key.decode().rsplit("/", 2)[1:]
+        if not everything:
+            info = state.actors(actor_id=driver)
+            if info and info.get("State") != "DEAD":
+                continue
+        remove_placement_group(group)
+        internal_kv._internal_kv_del(key, namespace=KV_NAMESPACE)
+        removed += 1
+    return removed
+
+
 class PlacementGroupReaper(tune.Callback):
-    """Removes a trial's worker placement groups when the trial ends."""
+    """Removes a trial's worker placement groups when the trial ends, and those of drivers gone."""
+
+    SWEEP_EVERY_S = 5.0  # a look at the kept groups' drivers: a few calls to Ray's GCS
+
+    def __init__(self) -> None:
+        self.swept = time.monotonic()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self.swept >= self.SWEEP_EVERY_S:
+            self.swept = time.monotonic()
+            remove_kept_groups()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        remove_kept_groups()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._reap(trial)

@@ -9,6 +9,7 @@ asks for more trials than the study holds, starts the next.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from search import tuning
 from search.disk import DiskFull
 from search.ending import BudgetStopper, EndRule
 from search.files import STUDY_FILE, round_dir
-from search.reaper import PlacementGroupReaper
+from search.reaper import PlacementGroupReaper, remove_kept_groups
 from search.searcher import bind, finished_values, load
 from search.spec import Experiment
 from search.storage import Output
@@ -173,4 +174,8 @@ def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output, rule: EndRul
     elif callbacks:
         print("warning: trials are not tracked in MLflow through a ray:// address (Ray Client); run the search "
               "on the head node (--address auto) to track them", flush=True)
-    return tuner.fit(), disk_full.full
+    try:
+        return tuner.fit(), disk_full.full
+    finally:
+        with contextlib.suppress(Exception):  # what the drivers kept (search/workerpool.py): the round is over
+            remove_kept_groups(everything=True)

@@ -168,10 +168,12 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
+    from search import workerpool
     from search.reaper import register_placement_group
     from trainables.loop import LAST_METRICS, fit
     from trainables.state import save_checkpoint
 
+    workerpool.start_run()
     _quiet_reports()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -185,7 +187,8 @@ def train_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    register_placement_group(config["trial_id"])  # so the driver can free it (search/reaper.py)
+    if not config["workers_kept"]:  # a kept group is its driver's: it must outlive this trial
+        register_placement_group(config["trial_id"])  # so the driver can free it (search/reaper.py)
     batch_size, note = trial_batch(config["hparams"].batch_size, state, config["halve_batch"])
     hp = config["hparams"].replace(batch_size=batch_size)
     # The note goes with every epoch, "" included: Tune's progress.csv keeps the first result's columns.
@@ -262,7 +265,8 @@ def train_worker(config: dict[str, Any]) -> None:
     try:
         fit(hp, data, config["max_epochs"], report, state=state,
             device=device, seed=config["seed"], rank=rank, world_size=world_size,
-            prepare_model=ray.train.torch.prepare_model, share_features=share, data_key=config["data_key"] or None)
+            prepare_model=ray.train.torch.prepare_model, share_features=share, data_key=config["data_key"] or None,
+            stop=workerpool.STOP)
     except BaseException:
         # The epoch before a failure reaches Tune with its checkpoint, as when checkpoints were
         # written in line: a retry resumes from it. Ray flushes its upload thread only after a
@@ -278,6 +282,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     from ray import tune
     from ray.experimental import internal_kv
 
+    from search import workerpool
     from search.reaper import KV_NAMESPACE
 
     trial_id = tune.get_context().get_trial_id()
@@ -287,7 +292,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     # Not asdict(): it would deep-copy the data's ObjectRef.
     loop_config = {**{f.name: getattr(settings, f.name) for f in fields(settings)},
                    "hparams": hparams(config, settings.weights), "trial_started_at": time.time(), "trial_id": trial_id,
-                   "halve_batch": False}
+                   "halve_batch": False, "workers_kept": workerpool.keeps(settings.workers)}
     failures = 0
     while True:
         try:
@@ -357,9 +362,10 @@ def _lean(trainer_class: type) -> type:
 
             from ray.train.v2._internal.execution.controller import TrainController
 
-            from search import syncpool
+            from search import syncpool, workerpool
 
             syncpool.install()  # one synchronisation actor for all of this driver's trials
+            workerpool.install()  # and one worker process, when a trial has one worker
             controller = TrainController(**controller_init_kwargs)
             try:
                 asyncio.run(controller.run())

@@ -7,6 +7,7 @@ into `ray.train.report` with a checkpoint; a test calls it directly.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ ShareFeatures = Callable[[str, Callable[[], FeatureArrays]], tuple[FeatureArrays
 # report(metrics, state): metrics of the epoch just finished; state (`trainables.state.checkpoint`) resumes the run.
 LAST_METRICS = "metrics"  # a checkpoint's copy of what its epoch reported
 ReportFn = Callable[[dict[str, float], dict[str, Any]], None]
+
+
+class Stopped(Exception):
+    """`fit` was asked to stop (its `stop` event was set) and did, between two batches."""
 
 
 def default_device() -> torch.device:
@@ -203,7 +208,8 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         state: dict[str, Any] | None = None, device: torch.device | None = None, seed: int = 0,
         rank: int = 0, world_size: int = 1,
         prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m, feature_cache: bool = True,
-        share_features: ShareFeatures | None = None, data_key: str | None = None) -> nn.Module:
+        share_features: ShareFeatures | None = None, data_key: str | None = None,
+        stop: threading.Event | None = None) -> nn.Module:
     """Train `hp.arch` on `data.train`, validate on `data.val`, report every epoch.
 
     `state` (a previous report's checkpoint, see `trainables.state`) resumes after its epoch.
@@ -214,6 +220,8 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
     With `share_features` and `data_key` (the data's fingerprint), runs of one search that need
     the same features compute them once; each epoch reports `features_s`, the seconds the run
     spent getting them, and `features_shared`.
+    `stop`, set from another thread, ends the run before its next batch or validation with
+    `Stopped`: its process is free for another run at once (search/workerpool.py).
     """
     device = device or default_device()
     model = build_model(len(data.classes), hp, seed, state)
@@ -247,6 +255,7 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         torch.manual_seed(int(rng.integers(2**62)))
         loss_sum, correct, seen = 0.0, 0.0, 0.0
         for start in range(0, len(order), batch_size):
+            _check(stop, epoch)
             idx = np.sort(order[start:start + batch_size])
             if len(idx) < 2 and seen:  # batch norm cannot train on a single image
                 continue
@@ -267,6 +276,7 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], device)
         if not np.isfinite(loss_sum):
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch} (lr {hp.lr:g}): diverged")
+        _check(stop, epoch)
         if features is None:
             val_loss, val_acc = evaluate(model, data.val, device)
         else:
@@ -279,3 +289,8 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         report(metrics, checkpoint(model, optimizer, frozen, epoch=epoch, train_time_s=train_time_s, seed=seed,
                                    batch_size=batch_size, **{LAST_METRICS: metrics}))
     return model
+
+
+def _check(stop: threading.Event | None, epoch: int) -> None:
+    if stop is not None and stop.is_set():
+        raise Stopped(f"stopped in epoch {epoch}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from search.spec import OPTIMIZER_CHOICES
 from trainables import data, models, optimizers
 from trainables.archs import ARCHS
 from trainables.hparams import HParams
-from trainables.loop import evaluate, fit
+from trainables.loop import Stopped, evaluate, fit
 
 HP = HParams(arch="small_cnn", cnn_width=16, cnn_depth=3, augment=0.0, optimizer="adam",
       lr=3e-3, momentum=None, batch_size=16, dropout=0.0, weights="none", unfrozen_blocks=None,
@@ -50,6 +51,24 @@ def test_resume_continues_after_the_saved_epoch(arrays: data.ArrayData, tmp_path
     fit(HP, arrays, 3, lambda m, s: resumed.append(m), state=state, device=torch.device("cpu"))
     assert [m["epoch"] for m in resumed] == [3]
     assert resumed[0]["train_time_s"] > state["train_time_s"]
+
+
+def test_a_stop_set_from_another_thread_ends_the_run_before_its_next_batch(arrays: data.ArrayData) -> None:
+    """A stopped trial's worker process is reused for the next trial (search/workerpool.py): the
+    loop stops within a batch of being asked, not at the end of its epoch or run."""
+    stop, batches = threading.Event(), []
+    hp = HP.replace(batch_size=4)
+
+    def report(metrics: dict, state: dict) -> None:
+        batches.append(metrics["epoch"])
+        stop.set()  # as the driver does from its own thread, once Tune stops the trial
+
+    with pytest.raises(Stopped, match="epoch 2"):
+        fit(hp, arrays, 5, report, device=torch.device("cpu"), stop=stop)
+    assert batches == [1]
+    stop.set()
+    with pytest.raises(Stopped, match="epoch 1"):
+        fit(hp, arrays, 5, lambda m, s: pytest.fail("reported after the stop"), device=torch.device("cpu"), stop=stop)
 
 
 def test_a_diverging_run_fails_with_a_clear_error(arrays: data.ArrayData) -> None:
