@@ -170,7 +170,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     from search import workerpool
     from search.reaper import register_placement_group
-    from trainables.loop import LAST_METRICS, fit
+    from trainables.loop import LAST_METRICS, Stopped, fit
     from trainables.state import save_checkpoint
 
     workerpool.start_run()
@@ -267,6 +267,8 @@ def train_worker(config: dict[str, Any]) -> None:
             device=device, seed=config["seed"], rank=rank, world_size=world_size,
             prepare_model=ray.train.torch.prepare_model, share_features=share, data_key=config["data_key"] or None,
             stop=workerpool.STOP)
+    except Stopped:
+        return  # its driver ended the run (search/workerpool.py): not a failure, nothing to log
     except BaseException:
         # The epoch before a failure reaches Tune with its checkpoint, as when checkpoints were
         # written in line: a retry resumes from it. Ray flushes its upload thread only after a

@@ -69,8 +69,6 @@ def stop_run(timeout_s: float) -> bool:
     trial) is let through: the report is dropped, the checkpoint is on disk."""
     from ray.train.v2._internal.execution.context import get_train_context
 
-    from trainables.loop import Stopped
-
     STOP.set()
     context = get_train_context()
     execution = context.execution_context
@@ -85,8 +83,7 @@ def stop_run(timeout_s: float) -> bool:
     # The thread flushed its writes on its way out (search/trial.py, Ray's own flush after a
     # train function that returned); their reports are dropped here.
     _drain(execution.result_queue)
-    error = execution.training_thread_runner.get_error()
-    if error is not None and not isinstance(getattr(error, "_base_exc", error), Stopped):
+    if execution.training_thread_runner.get_error() is not None:
         # A run that failed (out of memory, a limit its code set, a diverged loss) may have left
         # the process in a state of its own: the retry and the next trial get a new one.
         return False
