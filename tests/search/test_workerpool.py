@@ -3,11 +3,31 @@ the driver is gone, never while the driver lives on to its next trial."""
 
 from __future__ import annotations
 
+import functools
 import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from search import workerpool
+from search.run import main
+from tests.conftest import leftovers, write_experiment
+
+# The first recipe learns, the three after it barely move (lr 1e-6): ASHA stops them after
+# their first epoch, while their runs are in their second (`waits_for_its_stop_in_epoch_2`).
+STOPPED_MID_RUN = """
+name="kept",
+data="{data}",
+image_size_px=32,
+weights="none",
+space=Space(arch="small_cnn", cnn_width=8, cnn_depth=2, batch_size=16, augment=0.0, dropout=0.0,
+            optimizer="adam", lr={{"adam": LogUniform(1e-6, 3e-2)}}),
+recipes=[{{"lr": 1e-2}}, {{"lr": 1e-6}}, {{"lr": 1.1e-6}}, {{"lr": 1.2e-6}}],
+objective="val_loss",
+budget=Budget(trials=4, max_epochs=4, grace_period_epochs=1, reduction_factor=2),
+resources=Resources(workers=1, cpus_per_worker=1),
+"""
 
 
 def _state(ray, group_hex: str) -> str:
@@ -61,3 +81,46 @@ def test_only_one_worker_groups_are_kept_unless_turned_off(monkeypatch, value: s
     else:
         monkeypatch.setenv(workerpool.KEEP_WORKERS_ENV, value)
     assert workerpool.keeps(workers) is kept
+
+
+def waits_for_its_stop_in_epoch_2(marks: Path, hp, metrics: dict) -> None:
+    """An epoch hook: in epoch 2 a run waits (up to 3 s) for its driver's stop, so that a stop
+    finds it mid-run (its next batch ends it); each stop seen so is a line of `marks`."""
+    if metrics["epoch"] == 2 and workerpool.STOP.wait(3):
+        with open(marks, "a") as file:
+            file.write(f"{hp.lr}\n")
+
+
+def _appended(logs: Path, sizes: dict[Path, int]) -> str:
+    text = []
+    for path in logs.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as file:
+                file.seek(sizes.get(path, 0))
+                text.append(file.read().decode(errors="replace"))
+    return "".join(text)
+
+
+def test_a_trial_stopped_mid_run_ends_quietly_and_its_worker_runs_the_next(ray_session, coats: Path,
+                                                                            tmp_path: Path) -> None:
+    """ASHA stops a trial while its worker is training: the run ends before its next batch
+    without an error in any log (Ray Train logs a train function's exception as "Error in
+    training function", which reaches the user's console), and the driver's next trial runs on
+    that worker."""
+    from ray._private import state, worker
+
+    logs = Path(worker._global_node.get_session_dir_path()) / "logs"
+    sizes = {path: path.stat().st_size for path in logs.rglob("*") if path.is_file()}
+    started_at, marks = time.time(), tmp_path / "stopped"
+    experiment = write_experiment(tmp_path, STOPPED_MID_RUN.format(data=coats))
+    code = main([str(experiment), "--out", str(tmp_path / "out")],
+                on_epoch=functools.partial(waits_for_its_stop_in_epoch_2, marks))
+    assert code == 0
+    report = pd.read_csv(tmp_path / "out" / "report.csv")
+    assert (report["status"] == "early_stopped").sum() >= 1, report[["status", "epochs"]]
+    assert marks.is_file() and marks.read_text().split(), "no stop found a run mid-way"
+    # Before the run returned on a stop, Ray Train logged `Stopped` as the train function's error.
+    assert "trainables.loop.Stopped" not in _appended(logs, sizes)
+    started = [a["ActorClassName"] for a in state.actors().values() if a["StartTime"] / 1000 >= started_at]
+    assert started.count("RayTrainWorker") <= started.count("ImplicitFunc") < 4, started
+    assert leftovers(ray_session) == ([], [])
