@@ -12,8 +12,8 @@ Removing a group that Train already removed is harmless.
 
 A group a trial's driver keeps for its next trial (search/workerpool.py) is not its trial's: the
 driver records it under its own actor id instead, and this callback removes it once that
-driver is dead (Ray removes a group only when its creating actor and job are both gone), and
-every such group when the round ends.
+driver is dead (Ray removes a group only when its creating actor and job are both gone);
+search/rounds.py removes every such group when the round ends.
 
 Trials start no such cleaner (search/trial.py leaves Train's callback out).
 """
@@ -76,22 +76,25 @@ def _kept_prefix() -> str:
     return f"kept-placement-groups/{ray.get_runtime_context().get_job_id()}/"
 
 
+def _kept_key(group_hex: str) -> str:
+    """The record of a group kept by the calling driver: its prefix, the driver's actor id, the group."""
+    import ray
+
+    return f"{_kept_prefix()}{ray.get_runtime_context().get_actor_id()}/{group_hex}"
+
+
 def register_kept_group(group_hex: str) -> None:
     """In a trial's driver: record a placement group it keeps across its trials as its own."""
-    import ray
     from ray.experimental import internal_kv
 
-    driver = ray.get_runtime_context().get_actor_id()
-    internal_kv._internal_kv_put(f"{_kept_prefix()}{driver}/{group_hex}", b"", namespace=KV_NAMESPACE)
+    internal_kv._internal_kv_put(_kept_key(group_hex), b"", namespace=KV_NAMESPACE)
 
 
 def forget_kept_group(group_hex: str) -> None:
     """In a trial's driver: the group it kept is removed (or no longer kept)."""
-    import ray
     from ray.experimental import internal_kv
 
-    driver = ray.get_runtime_context().get_actor_id()
-    internal_kv._internal_kv_del(f"{_kept_prefix()}{driver}/{group_hex}", namespace=KV_NAMESPACE)
+    internal_kv._internal_kv_del(_kept_key(group_hex), namespace=KV_NAMESPACE)
 
 
 def remove_kept_groups(everything: bool = False) -> int:
@@ -124,9 +127,6 @@ class PlacementGroupReaper(tune.Callback):
         if time.monotonic() - self.swept >= self.SWEEP_EVERY_S:
             self.swept = time.monotonic()
             remove_kept_groups()
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        remove_kept_groups()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._reap(trial)
