@@ -73,17 +73,21 @@ def exit_code(interrupt: KeyboardInterrupt) -> int:
 
 @contextlib.contextmanager
 def terminate_interrupts() -> Iterator[None]:
-    """Within the block SIGTERM raises `Terminated`, so it ends the command the way Ctrl-C does
-    (what the caller prints, the exit code), not silently. Only the main thread handles signals."""
+    """Within the block SIGINT raises KeyboardInterrupt and SIGTERM `Terminated`, so either ends
+    the command the way Ctrl-C does (what the caller prints, the exit code), not silently, and
+    whatever handler an earlier Ray or Tune in this process left for SIGINT. Only the main thread
+    handles signals; both handlers are put back after the block."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     terminate_as_interrupt()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
 def terminate_as_interrupt() -> None:

@@ -104,13 +104,21 @@ def test_a_signal_while_the_data_decodes_stops_at_once_without_a_resume_line(
         time.sleep(5)
         raise AssertionError("the signal did not stop the command")
 
+    def left_behind(signum: int, frame: object) -> None:  # as a Ray or Tune started earlier in the process may leave
+        pass
+
     monkeypatch.setattr(run, "_prepare", decoding)
     experiment = tiny_experiment(tmp_path, coats)
-    before = signal.getsignal(signal.SIGTERM)  # ray.init's, when an earlier test started Ray in this process
-    assert run.main([str(experiment), "--out", str(tmp_path / "out")]) == code
+    before = {s: signal.signal(s, left_behind) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert run.main([str(experiment), "--out", str(tmp_path / "out")]) == code
+        # the command's handlers are gone with it: the ones before it are back
+        assert signal.getsignal(signal.SIGINT) is left_behind and signal.getsignal(signal.SIGTERM) is left_behind
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
     err = capsys.readouterr().err
     assert "Interrupted." in err and "--resume" not in err  # nothing was started: nothing to resume
-    assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is gone with it
 
 
 def test_a_signal_after_the_search_started_says_how_to_continue(
