@@ -32,7 +32,7 @@ from search import run
 from search.cluster import LOCAL_RAY_ENV
 from search.space import hparams, recipe_points, space_function, without_random_frozen_backbones
 from search.spec import Budget, Experiment, load_experiment
-from search.trial import REPORT_S_KEY
+from search.trial.settings import REPORT_S_KEY
 from trainables import data
 from trainables.loop import fit
 
@@ -74,7 +74,7 @@ def _handover_s(trials: list[list[dict[str, Any]]]) -> list[float]:
 
 def _report_s(trials: list[list[dict[str, Any]]]) -> list[float]:
     """Per epoch: the seconds its worker spent on the report (writing the checkpoint, handing it
-    over), from the running total each report carries (`search.trial.REPORT_S_KEY`)."""
+    over), from the running total each report carries (`search.trial.settings.REPORT_S_KEY`)."""
     costs = []
     for results in trials:
         for before, after in zip(results, results[1:]):

@@ -19,7 +19,7 @@ from pathlib import Path
 from search.files import BEST_DIR, REPORT_HTML, STATE_FILE, TRAIN_DIR, is_ray_dir
 from search.spec import Experiment
 from search.storage import Output
-from search.trial import KEEP_CHECKPOINTS
+from search.trial.settings import KEEP_CHECKPOINTS
 from trainables.archs import ARCHS
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)

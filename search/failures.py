@@ -2,7 +2,7 @@
 
 `trainer.fit()` raises Ray Train's `TrainingFailedError`; a `WorkerGroupError` holds each
 failed rank's exception (the training code's own, or Ray's word that the worker process
-died). The trial driver (`search.trial.run_trial`) decides from `classify`:
+died). The trial driver (`search.trial.driver.run_trial`) decides from `classify`:
 
 - `ERROR`: a Python exception raised by the training code (a diverged loss, a bug, a bad
   hyperparameter, a full disk). Running it again from the same checkpoint raises it again,
@@ -49,7 +49,7 @@ def _is_torch_oom(error: BaseException) -> bool:
 def _is_ray_failure(error: BaseException) -> bool:
     """An exception Ray raised about a process, an actor or a node, not one of the training code."""
     from ray.exceptions import RayError
-    from ray.train.v2._internal.exceptions import RayTrainError
+    from ray.train.v2.api.exceptions import RayTrainError
 
     return isinstance(error, (RayError, RayTrainError))
 

@@ -10,7 +10,7 @@ failed workers, and a trial whose last attempt fails leaves that group behind to
 callback removes the trial's groups when it ends, whatever the user's dashboard setting.
 Removing a group that Train already removed is harmless.
 
-A group a trial's driver keeps for its next trial (search/workerpool.py) is not its trial's: the
+A group a trial's driver keeps for its next trial (search/seam/kept_workers.py) is not its trial's: the
 driver records it under its own actor id instead, and this callback removes it once that
 driver is dead (Ray removes a group only when its creating actor and job are both gone);
 search/rounds.py removes every such group when the round ends.
@@ -24,93 +24,47 @@ import logging
 import time
 from typing import Any
 
+import ray
 from ray import tune
 
+from search.seam import cluster_info, markers
+
 logger = logging.getLogger(__name__)
-KV_NAMESPACE = "imagesearch"
-
-
-def _trial_prefix(trial_id: str) -> str:
-    import ray
-
-    return f"placement-groups/{ray.get_runtime_context().get_job_id()}/{trial_id}/"
 
 
 def register_placement_group(trial_id: str) -> None:
     """In a Train worker: record the worker group's placement group as this trial's."""
-    import ray.util
-    from ray.experimental import internal_kv
-
     group = ray.util.get_current_placement_group()
     if group is not None:
-        internal_kv._internal_kv_put(_trial_prefix(trial_id) + group.id.hex(), b"", namespace=KV_NAMESPACE)
+        markers.record_trial_group(trial_id, group.id.hex())
 
 
 def remove_trial_placement_groups(trial_id: str) -> int:
     """Remove every placement group the trial's workers recorded; returns how many."""
-    from ray.experimental import internal_kv
-
-    prefix = _trial_prefix(trial_id)
-    keys = internal_kv._internal_kv_list(prefix, namespace=KV_NAMESPACE)
-    for key in keys:
-        remove_placement_group(key.decode().rsplit("/", 1)[1])
-    internal_kv._internal_kv_del(prefix, del_by_prefix=True, namespace=KV_NAMESPACE)
-    return len(keys)
+    groups = markers.take_trial_groups(trial_id)
+    for group in groups:
+        remove_placement_group(group)
+    return len(groups)
 
 
 def remove_placement_group(group_hex: str) -> None:
     """Remove the placement group with this hex id; its actors (the workers) die with it."""
-    from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup
-    from ray.util.placement_group import remove_placement_group as remove
 
     try:
-        remove(PlacementGroup(PlacementGroupID.from_hex(group_hex)))
+        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group_hex)))
     except Exception as err:  # already gone: nothing to free
         logger.debug("placement group %s not removed: %s", group_hex, err)
 
 
-def _kept_prefix() -> str:
-    import ray
-
-    return f"kept-placement-groups/{ray.get_runtime_context().get_job_id()}/"
-
-
-def _kept_key(group_hex: str) -> str:
-    """The record of a group kept by the calling driver: its prefix, the driver's actor id, the group."""
-    import ray
-
-    return f"{_kept_prefix()}{ray.get_runtime_context().get_actor_id()}/{group_hex}"
-
-
-def register_kept_group(group_hex: str) -> None:
-    """In a trial's driver: record a placement group it keeps across its trials as its own."""
-    from ray.experimental import internal_kv
-
-    internal_kv._internal_kv_put(_kept_key(group_hex), b"", namespace=KV_NAMESPACE)
-
-
-def forget_kept_group(group_hex: str) -> None:
-    """In a trial's driver: the group it kept is removed (or no longer kept)."""
-    from ray.experimental import internal_kv
-
-    internal_kv._internal_kv_del(_kept_key(group_hex), namespace=KV_NAMESPACE)
-
-
 def remove_kept_groups(everything: bool = False) -> int:
     """Remove the groups kept by drivers that are dead (all of them with `everything`); returns how many."""
-    from ray._private import state
-    from ray.experimental import internal_kv
-
     removed = 0
-    for key in internal_kv._internal_kv_list(_kept_prefix(), namespace=KV_NAMESPACE):
-        driver, group = key.decode().rsplit("/", 2)[1:]
-        if not everything:
-            info = state.actors(actor_id=driver)
-            if info and info.get("State") != "DEAD":
-                continue
+    for key, driver, group in markers.kept_groups():
+        if not everything and cluster_info.actor_alive(driver):
+            continue
         remove_placement_group(group)
-        internal_kv._internal_kv_del(key, namespace=KV_NAMESPACE)
+        markers.forget(key)
         removed += 1
     return removed
 

@@ -22,10 +22,12 @@ from search.disk import DiskFull
 from search.ending import BudgetStopper, EndRule
 from search.files import STUDY_FILE, round_dir
 from search.reaper import PlacementGroupReaper, remove_kept_groups
-from search.searcher import bind, finished_values, load
+from search.seam import tune_files
+from search.seam.study import bind, study_of
+from search.searcher import finished_values, load
 from search.spec import Experiment
 from search.storage import Output
-from search.trial import EpochHook
+from search.trial.settings import EpochHook
 from search.tunestate import KeepStateCopy, repair
 from trainables.data import ArrayData
 
@@ -128,7 +130,7 @@ def _new_round(experiment: Experiment, output: Output, the_plan: tuning.Plan, tr
         from search.space import space_function
         from search.warm import warm_start as tell
 
-        print(tell(search_alg.searcher._ot_study, warm_start, experiment, space_function(experiment.space)),
+        print(tell(study_of(search_alg), warm_start, experiment, space_function(experiment.space)),
               flush=True)
     output.upload_database(STUDY_FILE)  # before Tune saves a state (tuner.pkl) that names the study
     return tune.Tuner(
@@ -136,9 +138,11 @@ def _new_round(experiment: Experiment, output: Output, the_plan: tuning.Plan, tr
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
             scheduler=tuning.scheduler(experiment, output.path), num_samples=max(1, trials),
-            # A trial's driver process goes on to the next trial (search/trial.py `_lean` ends
-            # a stopped trial's workers at once): no new process, imports and placement per trial.
-            reuse_actors=True),
+            # On the fast path a trial's driver process goes on to the next trial (its controller,
+            # in the driver, ends a stopped trial's workers at once: search/seam/controller.py): no
+            # new process, imports and placement per trial. On Ray's documented path the
+            # controller is an actor the driver owns: only the driver's end frees it.
+            reuse_actors=the_plan.fast_path),
         run_config=tune.RunConfig(name=round_dir(number), storage_path=output.uri, callbacks=[PlacementGroupReaper()],
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=1),
     )
@@ -162,10 +166,10 @@ def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output, rule: EndRul
          callbacks: Sequence[tune.Callback] = (), name: str | None = None) -> tuple[tune.ResultGrid, DiskFull | None]:
     """Run the round `name` (its folder in OUT) with this run's callbacks."""
     disk_full = tuning.StopWhenDiskFull(experiment, output)
-    if getattr(tuner, "_local_tuner", None) is not None:  # none under Ray Client: the search runs on the cluster
+    run_config = tune_files.run_config_of(tuner)
+    if run_config is not None:  # none under Ray Client: the search runs on the cluster
         # Set after the Tuner saved its settings (tuner.pkl), so never restored from them: on a
         # --resume they must act on this run's OUT and budget (Tuner.restore takes neither).
-        run_config = tuner._local_tuner.get_run_config()
         keep = [KeepStateCopy(output.local / name)] if name and not output.remote else []
         upload = [UploadStudy(output)] if output.remote else []
         run_config.callbacks.extend([disk_full, *keep, *upload, *callbacks])
@@ -177,5 +181,5 @@ def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output, rule: EndRul
     try:
         return tuner.fit(), disk_full.full
     finally:
-        with contextlib.suppress(Exception):  # what the drivers kept (search/workerpool.py): the round is over
+        with contextlib.suppress(Exception):  # what the drivers kept (search/seam/kept_workers.py): the round is over
             remove_kept_groups(everything=True)

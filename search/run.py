@@ -29,7 +29,7 @@ from search.space import without_random_frozen_backbones
 from search.spec import Experiment, SpecError, load_experiment, replace
 from search.stop import GracefulStop, exit_code, terminate_as_interrupt, terminate_interrupts
 from search.storage import Output, display_uri, open_output
-from search.trial import EpochHook
+from search.trial.settings import EpochHook
 from trainables import data, parallel
 from trainables.archs import WeightsUnavailable
 
@@ -228,12 +228,16 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
     from search import rounds, tuning
     from search.cluster import start_ray
     from search.finish import finish
+    from search.seam import versions
 
     dashboard = start_ray(args.address)
     terminate_as_interrupt()  # ray.init's own handler would end a SIGTERM during the export silently
     if dashboard:
         print(f"Ray dashboard: http://{dashboard}", flush=True)
     the_plan = tuning.plan(experiment, autoscaling=args.address is not None)
+    path_line = versions.path_line()
+    if path_line:
+        print(path_line, flush=True)
     print(f"Searching {experiment.budget.trials} trials, {the_plan.concurrency} at a time, on "
           f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {output.display()}",
           flush=True)

@@ -23,7 +23,8 @@ from typing import Any
 
 from ray import tune
 
-PATTERN = "experiment_state-*.json"
+from search.seam.tune_files import EXPERIMENT_STATE_PATTERN
+
 EVERY_S = 1.0  # Tune itself saves its state at most every few seconds
 
 
@@ -69,7 +70,7 @@ class KeepStateCopy(tune.Callback):
 
     def copy(self) -> None:
         self.checked_at = time.monotonic()
-        for state in self.folder.glob(PATTERN):
+        for state in self.folder.glob(EXPERIMENT_STATE_PATTERN):
             try:
                 stamp = state.stat().st_mtime_ns
             except OSError:
@@ -90,7 +91,7 @@ def repair(folder: Path) -> list[str]:
     """Put back the last complete copy of every experiment state a kill cut short; what was
     done, a line each (nothing for a round whose state is whole)."""
     done = []
-    for state in sorted(folder.glob(PATTERN)):
+    for state in sorted(folder.glob(EXPERIMENT_STATE_PATTERN)):
         if _complete(state) is not None:
             continue
         backup = backup_of(state)

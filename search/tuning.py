@@ -6,8 +6,7 @@ experiment going in and a `ResultGrid` coming out.
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -16,15 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from search.cluster import ON_HEAD
 from search.disk import DiskFull, text_reason
 from search.files import STUDY_FILE, TRAIN_DIR, TUNE_DIR
-from search.reaper import KV_NAMESPACE
+from search.seam import cluster_info, markers, tune_files, versions
+from search.seam.study import StudyLimiter, StudySearch
+from search.seam.tune_files import MovableASHA
 from search.searcher import (
-    StudyLimiter,
-    StudySearch,
     end_unfinished,
     finished_trials,
     load,
@@ -35,15 +33,9 @@ from search.space import recipe_points, space_function
 from search.spec import Experiment, SpecError
 from search.stop import ask_tune_to_stop
 from search.storage import Output
-from search.trial import (
-    EpochHook,
-    TrialSettings,
-    best_metric,
-    full_disk_marker,
-    remove_unregistered_checkpoints,
-    run_trial,
-    train_run_name,
-)
+from search.trial.checkpoints import remove_unregistered_checkpoints
+from search.trial.driver import run_trial
+from search.trial.settings import EpochHook, TrialSettings, best_metric, train_run_name
 from trainables.data import ArrayData
 
 if TYPE_CHECKING:
@@ -69,31 +61,14 @@ class _WithoutTunesResumeHint(logging.Filter):
 logging.getLogger("ray.tune.tune").addFilter(_WithoutTunesResumeHint())
 
 
-# Where the running search's Tune state lives now (its OUT may have moved since it began).
-_storage_fs_path: str | None = None
-
-
-class _ASHA(ASHAScheduler):
-    """ASHA that also stores every new trial where OUT is now. Restored from a moved OUT, Tune
-    moves the trials it restores, but creates new ones at the old place (its search generator
-    pickled the experiment's storage), where nothing can read them back."""
-
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        if _storage_fs_path is not None and trial.storage.storage_fs_path != _storage_fs_path:
-            storage = copy.copy(trial.storage)
-            storage.storage_fs_path = _storage_fs_path
-            trial.set_storage(storage)  # also moves the paths of its tracked checkpoints
-        super().on_trial_add(tune_controller, trial)
-
-
-def scheduler(experiment: Experiment, storage_fs_path: str) -> _ASHA:
+def scheduler(experiment: Experiment, storage_fs_path: str) -> MovableASHA:
     """ASHA on the experiment's budget, storing new trials under `storage_fs_path` (OUT now)."""
-    global _storage_fs_path
-    _storage_fs_path = storage_fs_path
+    MovableASHA.out_fs_path = storage_fs_path
     budget = experiment.budget
     # After a restore Tune's own iteration count restarts at 1; the epoch does not.
-    return _ASHA(time_attr="epoch", metric=experiment.objective, mode=experiment.mode, max_t=budget.max_epochs,
-                 grace_period=budget.grace_period_epochs, reduction_factor=budget.reduction_factor)
+    return MovableASHA(time_attr="epoch", metric=experiment.objective, mode=experiment.mode,
+                       max_t=budget.max_epochs, grace_period=budget.grace_period_epochs,
+                       reduction_factor=budget.reduction_factor)
 
 
 @dataclass(frozen=True)
@@ -104,6 +79,8 @@ class Plan:
     gpus_per_worker: float
     cluster_cpus: float
     cluster_gpus: float
+    # Trials take the fast path (search.seam.versions): on a verified Ray unless forced off.
+    fast_path: bool = True
 
 
 def plan(experiment: Experiment, autoscaling: bool = False) -> Plan:
@@ -112,15 +89,13 @@ def plan(experiment: Experiment, autoscaling: bool = False) -> Plan:
     # cluster itself (a Ray Client driver has no state API): a cluster.yaml that scales GPU
     # workers from 0 has no GPU yet when the search starts, and must still get GPU trials.
     ceiling = ray.get(_autoscaler_ceiling.remote()) if autoscaling else None
-    return resolve(experiment, ray.cluster_resources(), ceiling)
+    return dataclasses.replace(resolve(experiment, ray.cluster_resources(), ceiling), fast_path=versions.fast_path())
 
 
 @ray.remote(num_cpus=0)
 def _autoscaler_ceiling() -> dict[str, float]:
     """The autoscaler's largest cluster, or {} on a cluster without an autoscaler."""
-    from ray._private.state import state as ray_state
-
-    return ray_state.get_max_resources_from_cluster_config() or {}
+    return cluster_info.autoscaler_ceiling()
 
 
 def resolve(experiment: Experiment, now: dict[str, float], ceiling: dict[str, float] | None = None) -> Plan:
@@ -233,7 +208,7 @@ def trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_pla
         max_epochs=experiment.budget.max_epochs, seed=experiment.seed, workers=res.workers,
         cpus_per_worker=res.cpus_per_worker, gpus_per_worker=the_plan.gpus_per_worker,
         objective=experiment.objective, mode=experiment.mode, study_name=experiment.name, on_epoch=on_epoch,
-        features=features, data_key=data_key)
+        features=features, data_key=data_key, fast_path=the_plan.fast_path)
     return tune.with_resources(tune.with_parameters(run_trial, settings=settings), DRIVER_RESOURCES)
 
 
@@ -251,13 +226,8 @@ class StopWhenDiskFull(tune.Callback):
         self.full: DiskFull | None = None
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from ray.experimental import internal_kv
-
-        marker = internal_kv._internal_kv_get(full_disk_marker(self.study_name, trial.trial_id),
-                                              namespace=KV_NAMESPACE)
-        if marker is not None:
-            reason = marker.decode()
-        else:  # the write that failed was not the worker's (Train's record of checkpoints, Tune's files)
+        reason = markers.disk_full_reason(self.study_name, trial.trial_id)
+        if reason is None:  # the write that failed was not the worker's (Train's record of checkpoints, Tune's files)
             error_file = Path(trial.error_file or "")  # the driver's copy: the one in OUT may be cut short
             reason = text_reason(error_file.read_text(errors="replace")) if error_file.is_file() else None
         if reason and self.full is None:
@@ -269,14 +239,9 @@ class StopWhenDiskFull(tune.Callback):
             return
         if not self.output.remote:
             remove_unregistered_checkpoints(self.output.local / TRAIN_DIR)
-        storage = trials[0].storage
-        with contextlib.suppress(Exception):  # a copy of Tune's still running (which the full disk may fail)
-            storage.syncer.wait()
         try:
-            storage.syncer.sync_up(storage.experiment_driver_staging_path, storage.experiment_fs_path)
-            storage.syncer.wait()
+            tune_files.rewrite_tune_files(trials)
         except Exception as err:
             logging.getLogger(__name__).warning("Tune's files in %s may be incomplete: %s",
                                                 self.output.display(TUNE_DIR), err)
-            for trial in trials:  # an error's pickle cut short would stop the results from loading
-                trial.run_metadata.pickled_error_filename = None
+            tune_files.forget_error_pickles(trials)

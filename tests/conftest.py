@@ -172,13 +172,12 @@ CLUSTER_SINGLETONS = {"_AutoscalingCoordinatorActor"}
 
 def leftovers(ray) -> tuple[list, list]:
     """Placement groups not removed and actors alive, from Ray's GCS (no dashboard needed)."""
-    from ray._private import state
+    from search.seam.cluster_info import live_actor_classes
 
     deadline = time.monotonic() + 30
     while True:
         groups = [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
-        actors = [a["ActorClassName"] for a in state.actors().values()
-                  if a["State"] != "DEAD" and a["ActorClassName"] not in CLUSTER_SINGLETONS]
+        actors = [name for name in live_actor_classes() if name not in CLUSTER_SINGLETONS]
         if not (groups or actors) or time.monotonic() > deadline:
             return groups, actors
         time.sleep(1)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import copy
 
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
 
+from search.seam.cluster_info import validate_cluster_config
 from tests.conftest import REPO
 
 
 def test_cluster_yaml_is_a_valid_ray_cluster_config() -> None:
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    prepared = prepare_config(copy.deepcopy(config))
-    validate_config(prepared)
+    prepared = validate_cluster_config(copy.deepcopy(config))
     assert prepared["provider"]["type"] == "aws"
     workers = prepared["available_node_types"]["gpu_worker"]
     assert workers["node_config"]["InstanceType"].startswith(("g5", "g4dn"))

@@ -42,7 +42,7 @@ def recipe_index(config: dict[str, Any], points: list[dict[str, Any]]) -> int | 
 
 def trial_note(history: pd.DataFrame | None) -> str | None:
     """What the trial's epochs say about how it ran (an out-of-memory retry with half the batch
-    size, `search.trial.trial_batch`): the latest note, or None."""
+    size, `search.trial.settings.trial_batch`): the latest note, or None."""
     if history is None or "note" not in history:
         return None
     notes = [n for n in history["note"] if isinstance(n, str) and n]

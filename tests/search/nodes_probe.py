@@ -41,10 +41,10 @@ def main(experiment: str, out: str, result: str) -> None:
         rejoined_s = time.monotonic() - killed_at
         output, _ = search.communicate(timeout=TIMEOUT_S)
         ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
-        from ray._private import state
+        from search.seam import cluster_info
 
         actors = [{"class": a["ActorClassName"], "node": a["Address"]["NodeID"], "state": a["State"]}
-                  for a in state.actors().values()]
+                  for a in cluster_info.actors().values()]
         ray.shutdown()
         Path(result).write_text(json.dumps({
             "exit_code": search.returncode, "output": output[-20000:],

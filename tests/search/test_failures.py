@@ -14,7 +14,7 @@ from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
 
 from search.failures import Failure, classify
 from search.report.table import trial_note
-from search.trial import trial_batch
+from search.trial.settings import trial_batch
 
 HOST_OOM = ("The actor is dead because its worker process has died. Worker exit type: USER_ERROR Worker exit detail: "
             "Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.1) ...")

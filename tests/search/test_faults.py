@@ -32,15 +32,15 @@ def kill_worker_after_two_results(out: Path, done: threading.Event, killed: list
     """SIGKILL the trial's worker once Tune holds two results: by then Train has registered
     a checkpoint (one it has not yet taken over dies with the worker). Only this search's
     workers: the session's Ray may still list an earlier test's as alive."""
-    from ray._private import state
+    from search.seam import cluster_info
 
-    earlier = {actor_id for actor_id, a in state.actors().items() if a["ActorClassName"] == "RayTrainWorker"}
+    earlier = {actor_id for actor_id, a in cluster_info.actors().items() if a["ActorClassName"] == "RayTrainWorker"}
 
     deadline = time.monotonic() + 300
     while not done.is_set() and time.monotonic() < deadline:
         results = list(out.glob("tune/run_trial_*/result.json"))
         if results and len(results[0].read_text().splitlines()) >= 2:
-            workers = [a for actor_id, a in state.actors().items() if a["ActorClassName"] == "RayTrainWorker"
+            workers = [a for actor_id, a in cluster_info.actors().items() if a["ActorClassName"] == "RayTrainWorker"
                        and a["State"] == "ALIVE" and actor_id not in earlier]
             for worker in workers:
                 os.kill(worker["Pid"], signal.SIGKILL)

@@ -71,11 +71,11 @@ def test_a_trial_starts_only_the_processes_it_needs(asha_run, ray_session) -> No
     on the local Ray, a preemption watcher. A driver goes on to the next trial, and keeps one
     synchronisation actor (search/syncpool.py) and one worker (search/workerpool.py) for all of
     its trials."""
-    from ray._private import state
+    from search.seam import cluster_info
 
     code, out = asha_run
     assert code == 0
-    started = Counter(actor["ActorClassName"] for actor in state.actors().values()
+    started = Counter(actor["ActorClassName"] for actor in cluster_info.actors().values()
                       if actor["StartTime"] / 1000 >= SEARCH_STARTED["at"])
     assert 1 <= started["ImplicitFunc"] < 6, started  # Tune reused its trials' drivers
     # A driver's next trial runs on its kept worker (search/workerpool.py), and its sync actor.

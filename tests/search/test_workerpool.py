@@ -52,11 +52,11 @@ def test_a_kept_group_is_removed_after_its_driver_not_before(ray_session) -> Non
         def keep(self) -> str:
             from ray.util.placement_group import placement_group
 
-            from search.reaper import register_kept_group
+            from search.seam.markers import record_kept_group
 
             group = placement_group([{"CPU": 0.01}])
             ray.get(group.ready())
-            register_kept_group(group.id.hex())
+            record_kept_group(group.id.hex())
             return group.id.hex()
 
     alive, gone = Driver.remote(), Driver.remote()
@@ -107,9 +107,9 @@ def test_a_trial_stopped_mid_run_ends_quietly_and_its_worker_runs_the_next(ray_s
     without an error in any log (Ray Train logs a train function's exception as "Error in
     training function", which reaches the user's console), and the driver's next trial runs on
     that worker."""
-    from ray._private import state, worker
+    from search.seam import cluster_info
 
-    logs = Path(worker._global_node.get_session_dir_path()) / "logs"
+    logs = Path(cluster_info.session_dir()) / "logs"
     sizes = {path: path.stat().st_size for path in logs.rglob("*") if path.is_file()}
     started_at, marks = time.time(), tmp_path / "stopped"
     experiment = write_experiment(tmp_path, STOPPED_MID_RUN.format(data=coats))
@@ -121,6 +121,6 @@ def test_a_trial_stopped_mid_run_ends_quietly_and_its_worker_runs_the_next(ray_s
     assert marks.is_file() and marks.read_text().split(), "no stop found a run mid-way"
     # Before the run returned on a stop, Ray Train logged `Stopped` as the train function's error.
     assert "trainables.loop.Stopped" not in _appended(logs, sizes)
-    started = [a["ActorClassName"] for a in state.actors().values() if a["StartTime"] / 1000 >= started_at]
+    started = [a["ActorClassName"] for a in cluster_info.actors().values() if a["StartTime"] / 1000 >= started_at]
     assert started.count("RayTrainWorker") <= started.count("ImplicitFunc") < 4, started
     assert leftovers(ray_session) == ([], [])

@@ -5,7 +5,7 @@ Ray Train starts a new worker group for every run: a placement group, then a wor
 a new process that imports torch and ray.train before the trial's first batch (2-4 s of CPU
 on 2 cores, taken from the trial training beside it). A trial's driver runs trial after trial
 (Tune's `reuse_actors`, search/rounds.py) with the same resources, so when a run ends (its
-last epoch, or Tune stopping it: `search.trial._lean`) this module stops the worker's training
+last epoch, or Tune stopping it: `search.seam.controller.fast_trainer`) this module stops the worker's training
 thread between two batches (`trainables.loop.fit`'s `stop`), keeps the actor and its
 placement group, and hands both to the driver's next run instead of new ones. Ray Train then
 sets up its context on the kept worker as on a new one (`init_train_context` builds every
@@ -142,7 +142,7 @@ class _KeptHandle:
 
     def shutdown(self) -> None:
         if not self.kept:
-            from search.reaper import forget_kept_group
+            from search.seam.markers import forget_kept_group
 
             group = self.placement_group.id.hex()
             _HANDLES.pop(group, None)
@@ -208,11 +208,11 @@ def install() -> None:
                repr(context.label_selector))
         handle = _POOL.take(key)
         if handle is None:
-            from search.reaper import register_kept_group
+            from search.seam.markers import record_kept_group
 
             handle = _KeptHandle(create_group(self, scaling_config, context), key)
             _HANDLES[handle.placement_group.id.hex()] = handle
-            register_kept_group(handle.placement_group.id.hex())  # removed after this driver, if not by it
+            record_kept_group(handle.placement_group.id.hex())  # removed after this driver, if not by it
         else:
             handle.kept, handle.reused = False, True
         return handle
