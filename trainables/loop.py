@@ -221,7 +221,7 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
     the same features compute them once; each epoch reports `features_s`, the seconds the run
     spent getting them, and `features_shared`.
     `stop`, set from another thread, ends the run before its next batch or validation with
-    `Stopped`: its process is free for another run at once (search/workerpool.py).
+    `Stopped`: its process is free for another run at once (search/seam/kept_workers.py).
     """
     device = device or default_device()
     model = build_model(len(data.classes), hp, seed, state)

@@ -1,6 +1,6 @@
 """Run a search in a fresh local Ray with the dashboard on; while it runs, ask the dashboard
 for its version with and without the auth token; afterwards, what Ray's State API still
-shows alive. Writes all of it as JSON to $LEAK_PROBE_OUT (tests/search/test_search.py)."""
+shows alive, and the class of every actor the search started. Writes all of it as JSON to $LEAK_PROBE_OUT (tests/search/test_search.py)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ if __name__ == "__main__":
         if not (groups or actors) or time.monotonic() > deadline:
             break
         time.sleep(1)
+    started = [a.class_name for a in state.list_actors(address=api, limit=10000)]
     with open(os.environ["LEAK_PROBE_OUT"], "w") as f:
-        json.dump({"exit_code": code, "placement_groups": groups, "actors": actors, "dashboard": answers}, f)
+        json.dump({"exit_code": code, "placement_groups": groups, "actors": actors, "dashboard": answers,
+                   "started": started}, f)
     ray.shutdown()

@@ -20,6 +20,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from search.seam import versions
 from tests.conftest import cli_env, tiny_experiment
 
 TRIALS, EPOCHS = 4, 3
@@ -74,11 +75,21 @@ def assert_consistent(out: Path, proc: subprocess.CompletedProcess) -> None:
 
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed_at_any_moment(moment: str, coats: Path, tmp_path: Path) -> None:
+    kill_and_resume(moment, coats, tmp_path, cli_env())
+
+
+@pytest.mark.slow
+def test_resume_on_rays_documented_path_after_a_kill(coats: Path, tmp_path: Path) -> None:
+    """The plain path (search.seam.versions), forced on the pinned Ray: killed mid-search, resumed."""
+    kill_and_resume("4 epochs", coats, tmp_path, {**cli_env(), versions.PATH_ENV: "plain"})
+
+
+def kill_and_resume(moment: str, coats: Path, tmp_path: Path, env: dict[str, str]) -> None:
     experiment = tiny_experiment(tmp_path, coats, trials=TRIALS, epochs=EPOCHS)
     out = tmp_path / "out"
     with open(tmp_path / "first.log", "w") as log:
         # its own session: the kill takes the driver and the local Ray it started, nothing else
-        first = subprocess.Popen(command(experiment, out), stdout=log, stderr=subprocess.STDOUT, env=cli_env(),
+        first = subprocess.Popen(command(experiment, out), stdout=log, stderr=subprocess.STDOUT, env=env,
                                  cwd=tmp_path, start_new_session=True)
         deadline = time.monotonic() + 600
         while first.poll() is None and not reached(out, moment) and time.monotonic() < deadline:
@@ -94,9 +105,9 @@ def test_resume_after_the_driver_is_killed_at_any_moment(moment: str, coats: Pat
         shutil.move(out, moved)
         out = moved
     if (out / "manifest.json").exists():  # else the search was killed before it started: nothing to refuse
-        refused = subprocess.run(command(experiment, out), capture_output=True, text=True, env=cli_env(),
+        refused = subprocess.run(command(experiment, out), capture_output=True, text=True, env=env,
                                  cwd=tmp_path, timeout=120)
         assert refused.returncode == 2 and "--resume" in refused.stderr
     resumed = subprocess.run(command(experiment, out) + ["--resume"], capture_output=True, text=True,
-                             env=cli_env(), cwd=tmp_path, timeout=600)
+                             env=env, cwd=tmp_path, timeout=600)
     assert_consistent(out, resumed)

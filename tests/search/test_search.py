@@ -69,7 +69,7 @@ def test_a_trial_starts_only_the_processes_it_needs(asha_run, ray_session) -> No
     the processes Ray Train would add for nothing here: a placement-group cleaner
     (search/reaper.py frees stopped trials' groups), a datasets manager (no Ray Dataset) and,
     on the local Ray, a preemption watcher. A driver goes on to the next trial, and keeps one
-    synchronisation actor (search/syncpool.py) and one worker (search/workerpool.py) for all of
+    synchronisation actor (search/seam/kept_sync.py) and one worker (search/seam/kept_workers.py) for all of
     its trials."""
     from search.seam import cluster_info
 
@@ -78,7 +78,7 @@ def test_a_trial_starts_only_the_processes_it_needs(asha_run, ray_session) -> No
     started = Counter(actor["ActorClassName"] for actor in cluster_info.actors().values()
                       if actor["StartTime"] / 1000 >= SEARCH_STARTED["at"])
     assert 1 <= started["ImplicitFunc"] < 6, started  # Tune reused its trials' drivers
-    # A driver's next trial runs on its kept worker (search/workerpool.py), and its sync actor.
+    # A driver's next trial runs on its kept worker (search/seam/kept_workers.py), and its sync actor.
     assert 1 <= started["RayTrainWorker"] <= started["ImplicitFunc"], started
     assert started["SynchronizationActor"] <= started["ImplicitFunc"], started
     unneeded = {"TrainController", "_QueueActor", "PlacementGroupCleaner", "DatasetManager", "PreemptionWatcher"}

@@ -1,4 +1,4 @@
-"""A trial driver's kept worker group (search/workerpool.py): its placement group is freed once
+"""A trial driver's kept worker group (search/seam/kept_workers.py): its placement group is freed once
 the driver is gone, never while the driver lives on to its next trial."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search import workerpool
+from search.seam import kept_workers
 from search.run import main
 from tests.conftest import leftovers, write_experiment
 
@@ -77,9 +77,9 @@ def test_a_kept_group_is_removed_after_its_driver_not_before(ray_session) -> Non
 def test_only_one_worker_groups_are_kept_unless_turned_off(monkeypatch, value: str | None, workers: int,
                                                             kept: bool) -> None:
     if value is None:
-        monkeypatch.delenv(workerpool.KEEP_WORKERS_ENV, raising=False)
+        monkeypatch.delenv(kept_workers.KEEP_WORKERS_ENV, raising=False)
     else:
-        monkeypatch.setenv(workerpool.KEEP_WORKERS_ENV, value)
+        monkeypatch.setenv(kept_workers.KEEP_WORKERS_ENV, value)
     assert workerpool.keeps(workers) is kept
 
 

@@ -54,7 +54,7 @@ def test_resume_continues_after_the_saved_epoch(arrays: data.ArrayData, tmp_path
 
 
 def test_a_stop_set_from_another_thread_ends_the_run_before_its_next_batch(arrays: data.ArrayData) -> None:
-    """A stopped trial's worker process is reused for the next trial (search/workerpool.py): the
+    """A stopped trial's worker process is reused for the next trial (search/seam/kept_workers.py): the
     loop stops within a batch of being asked, not at the end of its epoch or run."""
     stop, batches = threading.Event(), []
     hp = HP.replace(batch_size=4)
