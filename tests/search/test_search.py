@@ -196,3 +196,18 @@ def test_with_the_dashboard_it_answers_and_nothing_is_left_either(coats: Path, t
         {"exit_code": 0, "placement_groups": [], "actors": []}
     report = pd.read_csv(tmp_path / "out" / "report.csv")
     assert len(report) == 6 and (report["status"] == "early_stopped").any()
+
+
+def test_the_files_the_seam_reads_are_where_and_as_ray_wrote_them(asha_run) -> None:
+    """Contract (search/seam/tune_files.py): Tune's experiment state and each Train run's record of
+    registered checkpoints, by the names and fields the seam reads, after a real search."""
+    from search.seam.tune_files import EXPERIMENT_STATE_PATTERN, registered_checkpoints
+
+    _, out = asha_run
+    assert list((out / "tune").glob(EXPERIMENT_STATE_PATTERN))
+    runs = sorted((out / "train").glob("train-*"))
+    assert len(runs) == 6
+    for run in runs:
+        registered = registered_checkpoints(run)
+        assert registered, f"{run}: no record of its checkpoints the seam can read"
+        assert registered <= {p.name for p in run.glob("epoch-*")}

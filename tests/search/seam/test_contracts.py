@@ -1,0 +1,233 @@
+"""Every private symbol of Ray, Tune, Train or Optuna that `search/seam/` relies on, checked on
+the installed versions: that it exists, with the signature and the behaviour the seam needs.
+An upgrade that moves or changes one fails here, naming it, never in a user's search.
+(What the seam reads of files Ray writes is checked against a real search in
+tests/search/test_search.py; the markers' round trip needs a Ray, in test_markers.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from search.seam import versions
+
+
+def symbol(path: str) -> object:
+    """`module.path:Attr.attr` -> the object, failing with the symbol's name when it is gone."""
+    module_name, _, attrs = path.partition(":")
+    try:
+        found: object = importlib.import_module(module_name)
+    except ImportError as err:
+        pytest.fail(f"{module_name} is gone from Ray {versions.ray_version()}: {err}")
+    for attr in attrs.split(".") if attrs else ():
+        if not hasattr(found, attr):
+            pytest.fail(f"{path} is gone from this Ray/Optuna (Ray {versions.ray_version()})")
+        found = getattr(found, attr)
+    return found
+
+
+def parameters(path: str) -> list[str]:
+    return list(inspect.signature(symbol(path)).parameters)
+
+
+WORKER_GROUP = "ray.train.v2._internal.execution.worker_group.worker_group"
+STATE = "ray.train.v2._internal.execution.worker_group.state"
+CONTEXT = "ray.train.v2._internal.execution.context"
+TRAINER = "ray.train.v2.api.data_parallel_trainer:DataParallelTrainer"
+CONTROLLER = "ray.train.v2._internal.execution.controller:TrainController"
+
+
+# --- search/seam/controller.py ------------------------------------------------------------
+
+
+def test_the_trainer_runs_its_controller_through_one_overridable_method() -> None:
+    assert parameters(f"{TRAINER}._initialize_and_run_controller") == ["self", "controller_init_kwargs"]
+    assert parameters(f"{TRAINER}._create_default_callbacks") == ["self"]
+    source = inspect.getsource(symbol(f"{TRAINER}.fit"))
+    assert "_initialize_and_run_controller" in source, "fit() no longer starts the controller through it"
+
+
+def test_the_default_callbacks_the_fast_path_leaves_out_are_still_named_so() -> None:
+    from search.seam.controller import UNNEEDED_TRAIN_CALLBACKS
+
+    source = inspect.getsource(symbol(f"{TRAINER}._create_default_callbacks"))
+    for name in UNNEEDED_TRAIN_CALLBACKS:
+        assert name in source, f"{name} is no longer one of DataParallelTrainer's default callbacks"
+
+
+def test_the_controller_runs_in_the_calling_process_and_shuts_its_workers_down() -> None:
+    controller = symbol(CONTROLLER)
+    assert asyncio.iscoroutinefunction(controller.run)
+    for method in ("get_worker_group", "_shutdown_worker_group", "get_result"):
+        assert callable(getattr(controller, method, None)), f"TrainController.{method} is gone"
+
+
+def test_the_worker_context_holds_a_checkpoint_upload_pool_and_the_storage_check() -> None:
+    context = symbol(f"{CONTEXT}:TrainContext")
+    fields = {f.name for f in __import__("dataclasses").fields(context)}
+    assert {"checkpoint_upload_threadpool", "execution_context"} <= fields
+    assert callable(symbol(f"{CONTEXT}:get_train_context"))
+    assert isinstance(symbol(f"{CONTEXT}:MAX_CHECKPOINT_UPLOAD_THREADS"), int)
+    storage = symbol("ray.train.v2._internal.execution.storage:StorageContext")
+    assert parameters("ray.train.v2._internal.execution.storage:StorageContext._check_validation_file") == ["self"]
+    assert callable(storage.build_checkpoint_path_from_name)
+
+
+def test_reports_are_logged_by_the_context_modules_own_logger() -> None:
+    module = symbol(CONTEXT)
+    assert "logging.getLogger(__file__)" in inspect.getsource(module) or \
+        "getLogger(__file__)" in inspect.getsource(module), "Train's report logger is no longer named after its file"
+
+
+def test_the_report_api_takes_an_upload_function() -> None:
+    import ray.train
+
+    assert {"checkpoint_upload_mode", "checkpoint_upload_fn", "delete_local_checkpoint_after_upload",
+            "checkpoint_dir_name"} <= set(inspect.signature(ray.train.report).parameters)
+
+
+# --- search/seam/kept_workers.py, kept_sync.py ---------------------------------------------
+
+
+def test_the_worker_group_creates_its_placement_group_and_workers_as_patched() -> None:
+    assert parameters(f"{WORKER_GROUP}:WorkerGroup._create_placement_group") == [
+        "self", "scaling_config", "worker_group_context"]
+    source = inspect.getsource(symbol(f"{WORKER_GROUP}:WorkerGroup"))
+    assert "_create_placement_group(" in source and "_create_workers(" in source
+    assert parameters(f"{WORKER_GROUP}:WorkerGroup._create_workers") == [
+        "self", "num_workers", "placement_group", "resources_per_worker", "placement_group_bundle_indices",
+        "starting_world_rank", "world_size", "replica_group_size"]
+    assert callable(symbol(f"{WORKER_GROUP}:WorkerGroup._assign_worker_ranks"))
+    assert parameters(f"{STATE}:_shutdown_workers") == ["workers", "patience_s"]
+    assert parameters(f"{STATE}:_shutdown_sync_actor") == ["sync_actor"]
+    worker = parameters("ray.train.v2._internal.execution.worker_group.worker:Worker.__init__")
+    assert worker[:4] == ["self", "actor", "metadata", "resources"] and "placement_group_bundle_index" in worker
+
+
+def test_the_worker_group_starts_its_synchronisation_actor_by_the_name_the_patch_replaces() -> None:
+    source = inspect.getsource(symbol(f"{WORKER_GROUP}:WorkerGroup"))
+    assert "SynchronizationActor.options(" in source
+    assert "_shutdown_sync_actor" in inspect.getsource(symbol(STATE))
+    actor = symbol(f"{WORKER_GROUP}:SynchronizationActor")
+    for method in ("reset", "set_required_ranks"):
+        assert hasattr(actor, method), f"SynchronizationActor.{method} is gone (the kept actor's reset)"
+
+
+def test_a_training_thread_can_be_asked_whether_it_runs_and_how_it_ended() -> None:
+    runner = symbol("ray.train.v2._internal.execution.worker_group.thread_runner:ThreadRunner")
+    for method in ("is_running", "get_error"):
+        assert callable(getattr(runner, method, None)), f"ThreadRunner.{method} is gone"
+    execution = symbol(f"{CONTEXT}:ExecutionContext")
+    fields = {f.name for f in __import__("dataclasses").fields(execution)}
+    assert {"result_queue", "training_thread_runner"} <= fields
+
+
+# --- search/seam/markers.py, cluster_info.py ------------------------------------------------
+
+
+def test_the_key_value_store_takes_a_namespace_and_deletes_by_prefix() -> None:
+    kv = "ray.experimental.internal_kv"
+    for name in ("_internal_kv_put", "_internal_kv_get", "_internal_kv_exists", "_internal_kv_del",
+                 "_internal_kv_list"):
+        assert "namespace" in parameters(f"{kv}:{name}"), name
+    assert "del_by_prefix" in parameters(f"{kv}:_internal_kv_del")
+
+
+def test_the_gcs_state_answers_for_actors_and_the_autoscaler() -> None:
+    assert "actor_id" in parameters("ray._private.state:actors")
+    assert callable(symbol("ray._private.state:state.get_max_resources_from_cluster_config"))
+    assert hasattr(symbol("ray._private.worker"), "_global_node")
+    assert parameters("ray.autoscaler._private.util:prepare_config") == ["config"]
+    assert parameters("ray.autoscaler._private.util:validate_config")[0] == "config"
+
+
+# --- search/seam/tune_files.py ----------------------------------------------------------------
+
+
+def test_tunes_experiment_state_is_named_as_the_seam_reads_it(tmp_path: Path) -> None:
+    from search.seam.tune_files import EXPERIMENT_STATE_PATTERN
+
+    template = symbol("ray.tune.execution.tune_controller:TuneController.CKPT_FILE_TMPL")
+    assert Path(template.format("2026-12-07_00-00-00")).match(EXPERIMENT_STATE_PATTERN)
+
+
+def test_a_tuner_holds_its_run_config_and_tunes_storage_its_syncer() -> None:
+    from ray import tune
+
+    assert "_local_tuner" in inspect.getsource(symbol("ray.tune.tuner:Tuner.__init__"))
+    assert callable(symbol("ray.tune.impl.tuner_internal:TunerInternal.get_run_config"))
+    storage = inspect.getsource(symbol("ray.train._internal.storage:StorageContext.__init__"))
+    for attribute in ("self.syncer", "experiment_driver_staging_path"):
+        assert attribute in storage or attribute in inspect.getsource(
+            symbol("ray.train._internal.storage:StorageContext")), attribute
+    assert {"local_dir", "remote_dir"} <= set(parameters("ray.train._internal.syncer:Syncer.sync_up"))
+    assert "timeout" in parameters("ray.train._internal.syncer:Syncer.wait")
+    assert "pickled_error_filename" in inspect.getsource(symbol("ray.tune.experiment.trial:_TrainingRunMetadata"))
+    assert parameters("ray.tune.experiment.trial:Trial.set_storage") == ["self", "new_storage"]
+    assert parameters("ray.tune.schedulers:ASHAScheduler.on_trial_add") == ["self", "tune_controller", "trial"]
+    assert tune.Tuner is symbol("ray.tune.tuner:Tuner")
+
+
+def test_a_missing_or_unreadable_checkpoint_record_is_unknown_not_empty(tmp_path: Path) -> None:
+    from search.seam.tune_files import CHECKPOINT_SNAPSHOT, registered_checkpoints
+
+    assert registered_checkpoints(tmp_path) is None
+    (tmp_path / CHECKPOINT_SNAPSHOT).write_text('{"checkpoint_results": [{"checkpoint_dir_n')
+    assert registered_checkpoints(tmp_path) is None
+    (tmp_path / CHECKPOINT_SNAPSHOT).write_text(json.dumps({"renamed": []}))
+    assert registered_checkpoints(tmp_path) is None
+    (tmp_path / CHECKPOINT_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [],
+                                                           "latest_checkpoint_result": None}))
+    assert registered_checkpoints(tmp_path) == set()
+
+
+# --- search/seam/study.py -----------------------------------------------------------------------
+
+
+def test_optuna_search_keeps_its_study_and_trials_where_the_seam_reads_them(tmp_path: Path) -> None:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    search = OptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m", mode="min",
+                          study_name="contract", storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    for attribute in ("_ot_study", "_ot_trials", "_completed_trials", "_storage", "_sampler", "_study_name"):
+        assert hasattr(search, attribute), f"OptunaSearch.{attribute} is gone"
+    config = search.suggest("t1")
+    trial = search._ot_trials["t1"]
+    assert isinstance(trial, optuna.trial.Trial) and 0 <= config["x"] <= 1
+    again = optuna.trial.Trial(search._ot_study, trial._trial_id)  # the seam rebuilds trials from their ids
+    assert again.params == trial.params
+    frozen = search._ot_study.get_trials(deepcopy=False)[0]
+    assert frozen._trial_id == trial._trial_id
+
+
+# --- search/seam/versions.py ---------------------------------------------------------------------
+
+
+def test_the_installed_ray_is_one_the_project_admits() -> None:
+    assert versions.unsupported() is None, versions.unsupported()
+
+
+def test_a_ray_outside_the_range_is_told_what_to_install() -> None:
+    line = versions.unsupported("2.48.0")
+    assert line is not None and "2.48.0" in line and versions.SUPPORTED in line and "pip install" in line
+    assert versions.unsupported("3.0.0") is not None
+    assert versions.unsupported("2.59.0") is None and versions.unsupported("2.60.1") is None
+
+
+def test_the_fast_path_runs_only_on_a_verified_ray_and_can_be_forced_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(versions.PATH_ENV, raising=False)
+    verified = versions.VERIFIED_RAY[0]
+    assert versions.fast_path(verified) and versions.path_line(verified) is None
+    assert not versions.fast_path("2.59.0")
+    assert "2.59.0" in versions.path_line("2.59.0") and versions.PLAIN_COST in versions.path_line("2.59.0")
+    monkeypatch.setenv(versions.PATH_ENV, "plain")
+    assert not versions.fast_path(verified) and f"{versions.PATH_ENV}=plain" in versions.path_line(verified)
