@@ -38,6 +38,38 @@ CLIENT_PAUSE_S = 1.0  # between attempts: the proxy's threads that raced the for
 _CLIENT_SERVER_DIED = ("Starting Ray client server failed", "start_specific_server")
 
 
+# How long a cluster named by --address has to answer: a head still starting answers within
+# seconds; a typo or a stopped cluster never does (Ray itself would retry forever).
+ADDRESS_WAIT_S = 15.0
+
+
+def check_address(address: str, wait_s: float | None = None) -> None:
+    """Refuse an --address where nothing answers within `wait_s`, in one line naming it, before
+    the data is decoded (default: `ADDRESS_WAIT_S`). `auto` is left to Ray, which finds the
+    local cluster itself."""
+    import socket
+
+    from search.spec import SpecError
+
+    if address == "auto":
+        return
+    wait_s = ADDRESS_WAIT_S if wait_s is None else wait_s
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError("--address", address, "auto, host:port (a cluster's GCS) or ray://host:port (Ray Client)")
+    deadline, error = time.monotonic() + wait_s, None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(2.0, wait_s)):
+                return
+        except OSError as err:
+            error = err
+            time.sleep(0.5)
+    raise SpecError("--address", address, f"no Ray cluster answered there within {wait_s:g} s "
+                    f"({getattr(error, 'strerror', None) or error}): give the address of a running one "
+                    "(ray start --head, ray up)")
+
+
 def start_ray(address: str | None) -> str | None:
     """Join `address`, or start a local Ray with its dashboard on 127.0.0.1; returns its URL."""
     import ray

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from search import disk, lease, manifest
+from search.cluster import check_address
 from search.data import remote
 from search.data.leakage import find_leakage
 from search.data.progress import DecodeProgress
@@ -304,6 +305,8 @@ def _main(args: argparse.Namespace, on_epoch: EpochHook | None) -> int:
     output = None
     try:
         check_folders(args)
+        if args.address:  # a cluster that does not answer costs seconds, not a decoded data set
+            check_address(args.address)
         if args.mlflow:  # a wrong URI costs seconds, not a decoded data set
             from search.tracking import check
 

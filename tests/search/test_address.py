@@ -154,3 +154,39 @@ def test_a_client_server_that_keeps_dying_or_another_refusal_is_raised(monkeypat
     with pytest.raises(ConnectionAbortedError, match="version mismatch"):
         start_ray("ray://head:10001")
     assert len(calls) == 1
+
+
+def test_an_address_where_no_cluster_answers_is_refused_in_one_line(
+        coats: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo or a stopped cluster: refused before any data is decoded, naming the address;
+    Ray itself would retry for ever."""
+    from search import cluster, run
+
+    monkeypatch.setattr(cluster, "ADDRESS_WAIT_S", 1.0)
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    code = run.main([str(tiny_experiment(tmp_path, coats)), "--out", str(tmp_path / "out"), "--address", address])
+    assert code == 2 and time.monotonic() - started < 10
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and address in lines[0] and "no Ray cluster answered" in lines[0], lines
+    assert not (tmp_path / "out").exists()
+    assert run.main([str(tiny_experiment(tmp_path, coats)), "--address", "nocolon"]) == 2
+    assert "--address" in capsys.readouterr().err
+
+
+def test_sigterm_while_waiting_for_the_cluster_stops_at_once(
+        coats: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    from search import run
+
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    started = time.monotonic()
+    try:
+        code = run.main([str(tiny_experiment(tmp_path, coats)), "--out", str(tmp_path / "out"),
+                         "--address", f"127.0.0.1:{free_port()}"])
+    finally:
+        timer.cancel()
+    assert code == 143 and time.monotonic() - started < 10
+    assert "Interrupted." in capsys.readouterr().err
