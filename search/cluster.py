@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # Ray Train hands a worker's report (and checkpoint) over at its health-check poll, every
@@ -107,3 +111,45 @@ def _join(address: str, **init: Any) -> Any:
                   f"connecting to {address} again ({attempt + 1} of {CLIENT_ATTEMPTS})", file=sys.stderr, flush=True)
             time.sleep(CLIENT_PAUSE_S)
     return ray.init(address=address, **init)
+
+
+# How often the search's driver looks at the local Ray's processes: Ray's own notice of a dead
+# raylet takes ~13 s (the GCS's health checks), then ends the driver from C++, with no word of why.
+WATCH_EVERY_S = 0.5
+
+
+def death_of(kind: str, process: Any) -> str:
+    """What happened to a Ray process that exited, in words."""
+    code = process.returncode
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        how = f"killed by {name}" + (" (the kernel's out-of-memory killer sends it: see dmesg)"
+                                     if -code == signal.SIGKILL else "")
+    else:
+        how = f"exited with status {code}"
+    return f"Ray's {kind} (pid {process.pid}) {how}"
+
+
+@contextlib.contextmanager
+def watching_ray(on_death: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, call `on_death(what happened)` from a thread of its own as soon as the
+    local Ray this process started loses its raylet or GCS server (nothing for a Ray it joined)."""
+    from search.seam.cluster_info import local_ray_processes
+
+    processes = local_ray_processes()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(WATCH_EVERY_S):
+            for kind, process in processes.items():
+                if process.poll() is not None and not done.is_set():
+                    on_death(death_of(kind, process))
+                    return
+
+    watcher = threading.Thread(target=watch, name="ray-watch", daemon=True)
+    if processes:
+        watcher.start()
+    try:
+        yield
+    finally:
+        done.set()

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from trainables.archs import WeightsUnavailable
 
 EXIT_USAGE = 2
 EXIT_DISK_FULL = 74  # sysexits.h's EX_IOERR
+EXIT_RAY_DIED = 75  # sysexits.h's EX_TEMPFAIL: Ray itself died under the search; --resume continues it
 USER_ERRORS = (SpecError, data.DataError, WeightsUnavailable)
 SMOKE_SIZE_PX = 96
 
@@ -227,7 +229,7 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
     output.upload()
     # Ray, Tune and torch's training stack load only once the inputs are known to be good.
     from search import rounds, tuning
-    from search.cluster import start_ray
+    from search.cluster import start_ray, watching_ray
     from search.finish import finish
     from search.seam import versions
 
@@ -235,57 +237,67 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
     terminate_as_interrupt()  # ray.init's own handler would end a SIGTERM during the export silently
     if dashboard:
         print(f"Ray dashboard: http://{dashboard}", flush=True)
-    the_plan = tuning.plan(experiment, autoscaling=args.address is not None)
-    path_line = versions.path_line()
-    if path_line:
-        print(path_line, flush=True)
-    print(f"Searching {experiment.budget.trials} trials, {the_plan.concurrency} at a time, on "
-          f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {output.display()}",
-          flush=True)
-    started = time.perf_counter()
-    spent_s = manifest.spent_seconds(out) if args.resume else 0.0
-    with GracefulStop() as stop:
-        outcome = rounds.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch,
-                                stopped=lambda: stop.signum is not None, spent_s=spent_s,
-                                warm_start=Path(args.warm_start).expanduser() if args.warm_start else None,
-                                data_key=data_sha, callbacks=[tracking.callback()] if tracking else [])
-    search_wall_s = time.perf_counter() - started
-    disk_full = outcome.disk_full
-    interrupted = stop.signum is not None or disk_full is not None
-    if outcome.ended_by:
-        print(f"Search ended early: {outcome.ended_by}", flush=True)
-    if not interrupted:
-        tuning.end_unfinished_trials(experiment, output)
-    report_error = None
-    try:
-        with disk.writing(output.display(), partial_in=out):
-            summary = finish(outcome.grids, experiment, arrays, output,
-                             finished=tuning.finished_trial_ids(experiment, output) if interrupted else None,
-                             concurrency=the_plan.concurrency, search_wall_s=search_wall_s,
-                             ended_by=outcome.ended_by, budget_stopped=outcome.budget_stopped)
-            summary["wall_time_s"] = round(time.perf_counter() - started, 1)
-            (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-            manifest.write(out, experiment, data_sha, "interrupted" if interrupted else "finished",
-                           spent_s=spent_s + search_wall_s)
-        output.upload()
-    except disk.DiskFull as err:
-        report_error = err
-    if tracking is not None:
-        from search.tracking import finish as finish_tracking
 
-        finish_tracking(tracking, out, summary if report_error is None else {}, interrupted or report_error is not None)
-        with contextlib.suppress(OSError):  # a few bytes: they may fit where the report did not
-            manifest.write(out, experiment, data_sha, "interrupted", spent_s=spent_s + search_wall_s)
-    if disk_full or report_error:
-        line = disk.stopped_message(disk_full or report_error, report_error, experiment, output,
-                                    resume_command(args.argv))
-        print(f"error: {line}", file=sys.stderr, flush=True)
-        return EXIT_DISK_FULL
-    if interrupted:
-        print(f"Interrupted: the search is saved; continue it with: {resume_command(args.argv)}",
-              file=sys.stderr, flush=True)
-        return stop.exit_code
-    return 0
+    def ray_died(what: str) -> None:
+        # Ray ends this process from C++ soon after (its plasma connection breaks), so the
+        # command ends here, as a SIGKILL of the driver would: what is saved is resumable.
+        print(f"error: Ray stopped under the search: {what}. The search is saved; continue it with: "
+              f"{resume_command(args.argv)}", file=sys.stderr, flush=True)
+        os._exit(EXIT_RAY_DIED)
+
+    with watching_ray(ray_died):
+        the_plan = tuning.plan(experiment, autoscaling=args.address is not None)
+        path_line = versions.path_line()
+        if path_line:
+            print(path_line, flush=True)
+        print(f"Searching {experiment.budget.trials} trials, {the_plan.concurrency} at a time, on "
+              f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {output.display()}",
+              flush=True)
+        started = time.perf_counter()
+        spent_s = manifest.spent_seconds(out) if args.resume else 0.0
+        with GracefulStop() as stop:
+            outcome = rounds.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch,
+                                    stopped=lambda: stop.signum is not None, spent_s=spent_s,
+                                    warm_start=Path(args.warm_start).expanduser() if args.warm_start else None,
+                                    data_key=data_sha, callbacks=[tracking.callback()] if tracking else [])
+        search_wall_s = time.perf_counter() - started
+        disk_full = outcome.disk_full
+        interrupted = stop.signum is not None or disk_full is not None
+        if outcome.ended_by:
+            print(f"Search ended early: {outcome.ended_by}", flush=True)
+        if not interrupted:
+            tuning.end_unfinished_trials(experiment, output)
+        report_error = None
+        try:
+            with disk.writing(output.display(), partial_in=out):
+                summary = finish(outcome.grids, experiment, arrays, output,
+                                 finished=tuning.finished_trial_ids(experiment, output) if interrupted else None,
+                                 concurrency=the_plan.concurrency, search_wall_s=search_wall_s,
+                                 ended_by=outcome.ended_by, budget_stopped=outcome.budget_stopped)
+                summary["wall_time_s"] = round(time.perf_counter() - started, 1)
+                (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+                manifest.write(out, experiment, data_sha, "interrupted" if interrupted else "finished",
+                               spent_s=spent_s + search_wall_s)
+            output.upload()
+        except disk.DiskFull as err:
+            report_error = err
+        if tracking is not None:
+            from search.tracking import finish as finish_tracking
+
+            finish_tracking(tracking, out, summary if report_error is None else {},
+                            interrupted or report_error is not None)
+            with contextlib.suppress(OSError):  # a few bytes: they may fit where the report did not
+                manifest.write(out, experiment, data_sha, "interrupted", spent_s=spent_s + search_wall_s)
+        if disk_full or report_error:
+            line = disk.stopped_message(disk_full or report_error, report_error, experiment, output,
+                                        resume_command(args.argv))
+            print(f"error: {line}", file=sys.stderr, flush=True)
+            return EXIT_DISK_FULL
+        if interrupted:
+            print(f"Interrupted: the search is saved; continue it with: {resume_command(args.argv)}",
+                  file=sys.stderr, flush=True)
+            return stop.exit_code
+        return 0
 
 
 def resume_command(argv: list[str]) -> str:

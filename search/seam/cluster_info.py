@@ -54,3 +54,13 @@ def session_dir() -> str:
     from ray._private import worker
 
     return worker._global_node.get_session_dir_path()
+
+
+def local_ray_processes() -> dict[str, Any]:
+    """The raylet's and the GCS server's processes (`subprocess.Popen`) of the local Ray this
+    process started (`ray._private.worker._global_node.all_processes`); {} for a Ray it joined."""
+    from ray._private import worker
+
+    processes = getattr(getattr(worker, "_global_node", None), "all_processes", None) or {}
+    return {kind: info.process for kind in ("raylet", "gcs_server") for info in processes.get(kind, [])
+            if getattr(info, "process", None) is not None}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -110,4 +111,40 @@ def kill_and_resume(moment: str, coats: Path, tmp_path: Path, env: dict[str, str
         assert refused.returncode == 2 and "--resume" in refused.stderr
     resumed = subprocess.run(command(experiment, out) + ["--resume"], capture_output=True, text=True,
                              env=env, cwd=tmp_path, timeout=600)
+    assert_consistent(out, resumed)
+
+
+def raylet_of(pid: int) -> int | None:
+    """The raylet the search process `pid` started (a child of it), or None yet."""
+    children = subprocess.run(["pgrep", "-P", str(pid), "-f", "raylet/raylet"], capture_output=True, text=True)
+    pids = children.stdout.split()
+    return int(pids[0]) if pids else None
+
+
+@pytest.mark.slow
+def test_ray_dying_under_the_search_ends_it_with_the_resume_command(coats: Path, tmp_path: Path) -> None:
+    """Ray's raylet SIGKILLed mid-search (as the kernel's out-of-memory killer would): one line
+    says what happened and how to continue, not Ray's own error; the --resume then finishes."""
+    experiment = tiny_experiment(tmp_path, coats, trials=TRIALS, epochs=EPOCHS)
+    out = tmp_path / "out"
+    first = subprocess.Popen(command(experiment, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=cli_env(), cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while first.poll() is None and not reached(out, "2 epochs") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    raylet = raylet_of(first.pid)
+    assert first.poll() is None and raylet is not None, "the search ended before its Ray could be killed"
+    os.kill(raylet, signal.SIGKILL)
+    try:
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # whatever of its Ray is left
+    assert first.returncode == 75, stdout[-2000:] + stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert f"raylet (pid {raylet}) killed by SIGKILL" in last and "continue it with:" in last, stderr[-2000:]
+    resume = shlex.split(last.split("continue it with: ", 1)[1])
+    assert resume[-1] == "--resume"
+    resumed = subprocess.run([sys.executable, *resume[1:]], capture_output=True, text=True, env=cli_env(),
+                             cwd=tmp_path, timeout=600)
     assert_consistent(out, resumed)
