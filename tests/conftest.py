@@ -21,6 +21,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="the GPU suite's CPU dry run with every step (CI leaves out those other tests run)")
 
 
+def fast_path_only() -> pytest.MarkDecorator:
+    """For a test of the fast path's own processes (search/seam): skipped on a Ray that takes Ray's
+    documented path (search/seam/versions.py), where tests/search/test_plain_path.py runs instead."""
+    from search.seam import versions
+
+    return pytest.mark.skipif(not versions.fast_path(), reason=versions.path_line() or "")
+
+
 def kill_drill(request: pytest.FixtureRequest) -> None:
     """Skip this kill drill unless `--all-kill-moments`: CI runs the search's own kill moments
     (tests/search/test_resume.py), the drills beyond them on demand."""

@@ -1,6 +1,7 @@
 """Run a search in a fresh local Ray with the dashboard on; while it runs, ask the dashboard
 for its version with and without the auth token; afterwards, what Ray's State API still
-shows alive, and the class of every actor the search started. Writes all of it as JSON to $LEAK_PROBE_OUT (tests/search/test_search.py)."""
+shows alive, and the class of every actor the search started. Writes all of it as JSON to
+$LEAK_PROBE_OUT (tests/search/test_search.py, test_plain_path.py)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import cli_env, tiny_experiment
+from tests.conftest import cli_env, fast_path_only, tiny_experiment
 
 TRIALS, EPOCHS = 4, 3
 
@@ -29,6 +29,7 @@ def lost_node(coats: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[di
 
 
 @pytest.mark.slow
+@fast_path_only()
 def test_trials_train_on_worker_nodes_and_their_drivers_stay_on_the_head(lost_node) -> None:
     probe, _ = lost_node
     assert probe["exit_code"] == 0, probe["output"]

@@ -15,7 +15,7 @@ import pytest
 from search import load_best
 from search.report.__main__ import main as report_main
 from search.run import main
-from tests.conftest import cli_env, leftovers, write_experiment
+from tests.conftest import cli_env, fast_path_only, leftovers, write_experiment
 
 # Six trials, two fit at once. The first two recipes learn; the four after them barely move
 # (lr 1e-6), so ASHA, comparing them at its rungs with the first two, must stop some.
@@ -63,6 +63,7 @@ def test_search_with_more_trials_than_fit_completes_without_the_dashboard(asha_r
     assert groups == [] and actors == []
 
 
+@fast_path_only()
 def test_a_trial_starts_only_the_processes_it_needs(asha_run, ray_session) -> None:
     """Each trial is a Ray Train job whose controller runs in the trial's driver (no process of
     its own, and Tune hears each report straight from it, not through a queue actor), without

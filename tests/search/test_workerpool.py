@@ -10,9 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.seam import kept_workers
 from search.run import main
-from tests.conftest import leftovers, write_experiment
+from search.seam import kept_workers
+from tests.conftest import fast_path_only, leftovers, write_experiment
+
+pytestmark = fast_path_only()
 
 # The first recipe learns, the three after it barely move (lr 1e-6): ASHA stops them after
 # their first epoch, while their runs are in their second (`waits_for_its_stop_in_epoch_2`).
@@ -80,13 +82,13 @@ def test_only_one_worker_groups_are_kept_unless_turned_off(monkeypatch, value: s
         monkeypatch.delenv(kept_workers.KEEP_WORKERS_ENV, raising=False)
     else:
         monkeypatch.setenv(kept_workers.KEEP_WORKERS_ENV, value)
-    assert workerpool.keeps(workers) is kept
+    assert kept_workers.keeps(workers) is kept
 
 
 def waits_for_its_stop_in_epoch_2(marks: Path, hp, metrics: dict) -> None:
     """An epoch hook: in epoch 2 a run waits (up to 3 s) for its driver's stop, so that a stop
     finds it mid-run (its next batch ends it); each stop seen so is a line of `marks`."""
-    if metrics["epoch"] == 2 and workerpool.STOP.wait(3):
+    if metrics["epoch"] == 2 and kept_workers.STOP.wait(3):
         with open(marks, "a") as file:
             file.write(f"{hp.lr}\n")
 
