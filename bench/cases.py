@@ -28,9 +28,9 @@ from torch import nn
 from bench.measure import CPUS, HP, VAL_FRACTION, Measure, fixed_batch, interleaved, timed, train_measure
 from bench.records import Record, record, vs_baseline
 from search import run
-from search.cluster import LOCAL_RAY_ENV
 from search.data.generated import CLASSES
-from search.spec import Budget, Experiment, LogUniform, Resources, Space
+from search.driver.ray_cluster import LOCAL_RAY_ENV
+from search.experiment.spec import Budget, Experiment, LogUniform, Resources, Space
 from trainables import data
 from trainables.archs import ARCHS
 from trainables.hparams import HParams
@@ -204,7 +204,7 @@ def startup_cases(root: Path, device: torch.device, trials: int, cache_dir: Path
     at_once = max(1, min(trials, CPUS))
     experiment = startup_experiment(root, trials, at_once, device)
     file, out = work / "startup_experiment.py", work / "startup_out"
-    file.write_text(f"from search.spec import *\n\nexperiment = {experiment!r}\n")
+    file.write_text(f"from search.experiment.spec import *\n\nexperiment = {experiment!r}\n")
     with contextlib.redirect_stdout(sys.stderr):  # Ray's and Tune's messages; stdout is the table
         started = time.perf_counter()
         ray.init(address="local", num_cpus=at_once, include_dashboard=False, configure_logging=False,

@@ -29,9 +29,9 @@ import torch
 from bench.measure import CPUS
 from bench.records import Record
 from search import run
-from search.cluster import LOCAL_RAY_ENV
-from search.space import hparams, recipe_points, space_function, without_random_frozen_backbones
-from search.spec import Budget, Experiment, load_experiment
+from search.driver.ray_cluster import LOCAL_RAY_ENV
+from search.experiment.space import hparams, recipe_points, space_function, without_random_frozen_backbones
+from search.experiment.spec import Budget, Experiment, load_experiment
 from search.trial.settings import REPORT_S_KEY
 from trainables import data
 from trainables.loop import fit
@@ -96,12 +96,12 @@ def run_search(experiment: Experiment, folder: Path, cache_dir: Path) -> tuple[P
 
     folder.mkdir(parents=True, exist_ok=True)
     file, out = folder / "experiment.py", folder / "out"
-    file.write_text(f"from search.spec import *\n\nexperiment = {experiment!r}\n")
+    file.write_text(f"from search.experiment.spec import *\n\nexperiment = {experiment!r}\n")
     with contextlib.redirect_stdout(sys.stderr):
         ray.init(address="local", num_cpus=CPUS, include_dashboard=False, configure_logging=False,
                  log_to_driver=False, runtime_env={"env_vars": LOCAL_RAY_ENV})
         try:
-            from search.tuning import resolve
+            from search.driver.tune_setup import resolve
 
             concurrency = resolve(experiment, ray.cluster_resources()).concurrency
             exit_code = run.main([str(file), "--out", str(out), "--cache", str(cache_dir)])
@@ -162,7 +162,7 @@ def bare_ray(trials: int, work: Path) -> Record:
     import ray
     from ray import tune
 
-    from search.reaper import PlacementGroupReaper
+    from search.driver.placement_groups import PlacementGroupReaper
 
     with contextlib.redirect_stdout(sys.stderr):
         ray.init(address="local", num_cpus=CPUS, include_dashboard=False, configure_logging=False,

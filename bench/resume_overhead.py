@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENT = """from search.spec import *
+EXPERIMENT = """from search.experiment.spec import *
 
 experiment = Experiment(
     name="resume-bench",

@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.measure import HP
 from search.best.onnx import export_onnx
 from search.best.serving import measure
-from search.files import MODEL_FILE
+from search.state.names import MODEL_FILE
 from trainables.models import create_model
 
 CASES = {

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 if TYPE_CHECKING:
-    from search.spec import Experiment
+    from search.experiment.spec import Experiment
 
 # The files the suite leaves in OUT (the device tool brings back at most 8); gpu_suite.sh names the same.
 SUITE_FILE = "suite.json"
@@ -86,7 +86,7 @@ def search_experiment(root: Path, asha: bool, device: str, quick: bool) -> Exper
     """The search step's experiment: the same trials with ASHA's early stops (grace 1 epoch,
     reduction factor 2) or without any (a grace period of every epoch)."""
     from bench.measure import CPUS
-    from search.spec import Budget, Choice, Experiment, IntRange, LogUniform, Resources, Space, Uniform
+    from search.experiment.spec import Budget, Choice, Experiment, IntRange, LogUniform, Resources, Space, Uniform
 
     size = QUICK_SEARCH if quick else GPU_SEARCH
     if quick:

@@ -21,12 +21,12 @@ from search.best import export
 from search.best.calibration import calibrate, choose_tta, softmax
 from search.best.candidates import TOP_K, Trial, measure_others, measure_top
 from search.best.select import Candidate, choose
-from search.files import BEST_DIR, META_FILE, REPORT_HTML, STATE_FILE, STUDY_FILE
+from search.experiment.space import hparams, recipe_points
+from search.experiment.spec import Experiment
 from search.report import stored, table
 from search.report.page import build
-from search.space import hparams, recipe_points
-from search.spec import Experiment
-from search.storage import Output, load_state
+from search.state.names import BEST_DIR, META_FILE, REPORT_HTML, STATE_FILE, STUDY_FILE
+from search.state.storage import Output, load_state
 from trainables.data import ArrayData
 from trainables.loop import default_device, predict_logits, with_mirror
 from trainables.state import restore_model

@@ -18,19 +18,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from search import disk, lease, manifest
-from search.cluster import check_address
 from search.data import remote
 from search.data.leakage import find_leakage
 from search.data.progress import DecodeProgress
 from search.data.report import data_report, leakage_warning
-from search.domains import parse_duration, parse_size
-from search.files import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMARY_FILE, TRACKING_FILE, TUNE_DIR
-from search.memory import check_count_fits, check_fits
-from search.space import without_random_frozen_backbones
-from search.spec import Experiment, SpecError, load_experiment, replace
-from search.stop import GracefulStop, exit_code, terminate_as_interrupt, terminate_interrupts
-from search.storage import Output, display_uri, open_output
+from search.driver.ray_cluster import check_address
+from search.driver.signals import GracefulStop, exit_code, terminate_as_interrupt, terminate_interrupts
+from search.experiment.domains import parse_duration, parse_size
+from search.experiment.space import without_random_frozen_backbones
+from search.experiment.spec import Experiment, SpecError, load_experiment, replace
+from search.state import disk, lease, manifest
+from search.state.memory_fit import check_count_fits, check_fits
+from search.state.names import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMARY_FILE, TRACKING_FILE, TUNE_DIR
+from search.state.storage import Output, display_uri, open_output
 from search.trial.settings import EpochHook
 from trainables import data, parallel
 from trainables.archs import WeightsUnavailable
@@ -228,8 +228,9 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
         (out / EXPERIMENT_FILE).write_text(repr(experiment) + "\n")
     output.upload()
     # Ray, Tune and torch's training stack load only once the inputs are known to be good.
-    from search import rounds, tuning
-    from search.cluster import start_ray, watching_ray
+    from search.driver import search_loop as rounds
+    from search.driver import tune_setup as tuning
+    from search.driver.ray_cluster import start_ray, watching_ray
     from search.finish import finish
     from search.seam import versions
 

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    from search.cluster import start_ray
+    from search.driver.ray_cluster import start_ray
 
     out = args.out if "://" in args.out else str(Path(args.out).resolve())  # replicas have their own cwd
     start_ray(args.address)

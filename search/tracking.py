@@ -31,7 +31,8 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.utils import flatten_dict
 
-from search.files import (
+from search.experiment.spec import Experiment, SpecError
+from search.state.names import (
     BEST_DIR,
     EXPERIMENT_FILE,
     META_FILE,
@@ -43,7 +44,6 @@ from search.files import (
     TRACKING_FILE,
     write_json,
 )
-from search.spec import Experiment, SpecError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -69,7 +69,7 @@ def ray_session():
     setting where Ray 2.60 leaks stopped trials' workers unless the service frees them."""
     import ray
 
-    from search.cluster import LOCAL_RAY_ENV
+    from search.driver.ray_cluster import LOCAL_RAY_ENV
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
              runtime_env={"env_vars": LOCAL_RAY_ENV})

@@ -30,7 +30,7 @@ class Arch:
     of `blocks` ("partial"). `weights` is torchvision's weights enum for the ImageNet
     backbone and `weights_file` the file it is stored as under TORCH_HOME. `checkpoint_mb` is
     the size of one of its checkpoints (the weights and Adam's state of what trains) at the space's
-    largest setting, measured: the disk-space estimate of a search (`search.disk`) reads it.
+    largest setting, measured: the disk-space estimate of a search (`search.state.disk`) reads it.
     """
 
     name: str

@@ -1,6 +1,6 @@
 """One trial's hyperparameters as a typed, frozen value: what the model, `fit` and the export read.
 
-The search builds it once from Optuna's sample (`search.space.hparams`); the trial, the
+The search builds it once from Optuna's sample (`search.experiment.space.hparams`); the trial, the
 training loop, the exported `meta.json` and the report all take this one value.
 """
 

@@ -35,7 +35,7 @@ EVAL_BATCH = 128
 # and the dtype they were computed in (bfloat16 under a GPU's autocast, float32 on a CPU).
 FeatureArrays = tuple[np.ndarray, np.ndarray, str]
 # share(key, compute) -> (the arrays, whether another run computed them): runs with the same
-# key (same frozen backbone, data, views and device) get one computation (search/features.py).
+# key (same frozen backbone, data, views and device) get one computation (search/driver/feature_store.py).
 ShareFeatures = Callable[[str, Callable[[], FeatureArrays]], tuple[FeatureArrays, bool]]
 # report(metrics, state): metrics of the epoch just finished; state (`trainables.state.checkpoint`) resumes the run.
 LAST_METRICS = "metrics"  # a checkpoint's copy of what its epoch reported

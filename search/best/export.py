@@ -26,7 +26,7 @@ from torch import nn
 
 from search.best import serving
 from search.best.onnx import export_onnx
-from search.files import BEST_DIR, META_FILE, MODEL_FILE, ONNX_FILE, json_default, write_json
+from search.state.names import BEST_DIR, META_FILE, MODEL_FILE, ONNX_FILE, json_default, write_json
 from trainables.data import file_sha256
 from trainables.hparams import HParams
 from trainables.loop import MEAN, STD

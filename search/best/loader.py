@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from search.best.export import META_DIGEST, build_model, meta_sha256
-from search.files import BEST_DIR, META_FILE, MODEL_FILE
+from search.state.names import BEST_DIR, META_FILE, MODEL_FILE
 from trainables.data import decode, file_sha256
 from trainables.folders import is_image_file
 from trainables.hparams import HParams
@@ -141,7 +141,7 @@ def load_best(out: str | Path, device: str | torch.device | None = None) -> Pred
     modified, or its weights do not fit its meta.json's classes and config.
     """
     if "://" in str(out):  # a search that wrote to s3://... or another URI: fetch best/ first
-        from search.storage import open_output
+        from search.state.storage import open_output
         from trainables.data import default_cache_dir
 
         out = open_output(str(out), default_cache_dir()).fetch(BEST_DIR).parent

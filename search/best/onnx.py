@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.files import ONNX_FILE, ONNX_LOG
+from search.state.names import ONNX_FILE, ONNX_LOG
 
 OPSET = 18  # ONNX Runtime has run opset 18 since 1.14 (2023); the exporter's own default
 INPUT, OUTPUT, BATCH = "image", "logits", "batch"
@@ -55,7 +55,7 @@ def export_onnx(model: nn.Module, folder: Path, image_size_px: int, quick: bool 
                 external_data=False, verbose=False, artifacts_dir=artifacts)
             program.save(target, external_data=False)
     except Exception as err:  # whatever the exporter raises, model.pt is complete and usable
-        from search.disk import full_reason
+        from search.state.disk import full_reason
 
         if full_reason(err):  # but a full disk is not the exporter's failure: the export as a whole fails
             target.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from search.data.progress import DecodeProgress
-from search.storage import display_uri
+from search.state.storage import display_uri
 from trainables.data import DataError
 from trainables.folders import IMAGE_EXTENSIONS
 

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from search.files import BEST_DIR, PLOTS_DIR, PREDICTIONS_FILE, REPORT_CSV, REPORT_HTML, REPORT_MD, REPORT_PARQUET
 from search.report import plots
 from search.report.latency import chosen_over_best, latency_blocks, leaderboard_columns, selection_text
 from search.report.metrics import classification, param_importances
 from search.report.render import Block, Heading, Para, Picture, Table, Verdict, to_html, to_markdown
 from search.report.stored import SearchFacts, StoredRun, trial_history
 from search.report.table import param_columns, save, time_split, trial_table, with_serving
+from search.state.names import BEST_DIR, PLOTS_DIR, PREDICTIONS_FILE, REPORT_CSV, REPORT_HTML, REPORT_MD, REPORT_PARQUET
 from trainables.archs import ARCHS
 
 SHOWN_TRIALS = 30

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from search.files import GRID_FILE, HISTORY_FILE, INPUTS_FILE, PREDICTIONS_FILE, write_json
+from search.state.names import GRID_FILE, HISTORY_FILE, INPUTS_FILE, PREDICTIONS_FILE, write_json
 
 # What each epoch's report keeps in history.parquet; Tune adds many more columns of its own.
 HISTORY_COLUMNS = ("epoch", "train_images", "train_loss", "train_acc", "val_loss", "val_acc", "train_time_s",

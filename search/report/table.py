@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from search.files import REPORT_CSV, REPORT_PARQUET
+from search.experiment.space import hparams
 from search.report.stored import SearchFacts, TrialRecord, trial_history
-from search.space import hparams
+from search.state.names import REPORT_CSV, REPORT_PARQUET
 from trainables.hparams import SEARCHED
 
 COLUMNS = ("trial_id", "trial_number", "recipe", "status", "epochs", "val_acc", "val_loss", "train_acc", "train_loss",

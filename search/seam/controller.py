@@ -15,7 +15,7 @@ from typing import Any
 
 # Train V2's default callbacks that start a process of their own for every run and that a
 # trial of ours does not need: the placement-group cleaner (a detached actor that polls the
-# dashboard's State API; search/reaper.py frees a stopped trial's group instead, with or
+# dashboard's State API; search/driver/placement_groups.py frees a stopped trial's group instead, with or
 # without the dashboard) and the datasets callback (a DatasetManager actor, though a trial
 # passes no Ray Dataset). On 2 cores each such process costs a trial ~1 s of start-up.
 UNNEEDED_TRAIN_CALLBACKS = ("PlacementGroupCleanerCallback", "DatasetsCallback")

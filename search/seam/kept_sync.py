@@ -3,7 +3,7 @@
 Ray Train starts a `SynchronizationActor` (the barrier every `ray.train.report` passes) for
 each run and kills it when the run ends: a process of its own, which imports ray.train. On 2
 cores that is ~1.5 s of CPU per trial, taken from the trial that is training beside it. A
-trial's driver runs trial after trial (Tune's `reuse_actors`, search/rounds.py), always with
+trial's driver runs trial after trial (Tune's `reuse_actors`, search/driver/search_loop.py), always with
 the same world size, so it keeps the actor and clears its barrier before each run, as Ray Train
 itself does when it replaces a failed replica group.
 

@@ -4,7 +4,7 @@ one of its trials to the next.
 Ray Train starts a new worker group for every run: a placement group, then a worker actor,
 a new process that imports torch and ray.train before the trial's first batch (2-4 s of CPU
 on 2 cores, taken from the trial training beside it). A trial's driver runs trial after trial
-(Tune's `reuse_actors`, search/rounds.py) with the same resources, so when a run ends (its
+(Tune's `reuse_actors`, search/driver/search_loop.py) with the same resources, so when a run ends (its
 last epoch, or Tune stopping it: `search.seam.controller.fast_trainer`) this module stops the worker's training
 thread between two batches (`trainables.loop.fit`'s `stop`), keeps the actor and its
 placement group, and hands both to the driver's next run instead of new ones. Ray Train then
@@ -16,7 +16,7 @@ several would also keep torch's process group between runs. A worker whose train
 does not end within `STOP_TIMEOUT_S` (a batch that long, a backbone pass over a large data
 set), or that fails to answer, is killed as Ray Train would, and the next run starts anew.
 The kept worker is the driver's actor and dies with it; the kept placement group is recorded
-under the driver's id, not under a trial's, for `search.reaper` to remove once the driver is
+under the driver's id, not under a trial's, for `search.driver.placement_groups` to remove once the driver is
 gone (Ray keeps a group until its creating job ends too).
 
 Ray 2.60's private worker-group modules (pyproject.toml pins Ray): `install` points
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 KEEP_WORKERS_ENV = "IMAGESEARCH_KEEP_WORKERS"
 # A stopped run's training thread ends before its next batch: seconds on a CPU for a large
 # batch; a thread still running after this is in something longer (a backbone pass). Kept
-# below Tune's wait for a reused driver's last trial (search/rounds.py, 10 s) with the rest.
+# below Tune's wait for a reused driver's last trial (search/driver/search_loop.py, 10 s) with the rest.
 STOP_TIMEOUT_S = 4.0
 # A kept worker answers at once when idle; one that does not within this is gone or stuck.
 ALIVE_TIMEOUT_S = 3.0

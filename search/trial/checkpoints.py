@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from search.disk import full_reason
-from search.files import STATE_FILE
 from search.seam import markers
 from search.seam.tune_files import registered_checkpoints
+from search.state.disk import full_reason
+from search.state.names import STATE_FILE
 from search.trial.settings import CHECKPOINT_PREFIX, train_run_name
 
 

@@ -3,7 +3,7 @@ it again after a failure that a retry can fix.
 
 A failed run is retried here, not by Ray Train (which would retry every failure alike): from
 the last checkpoint after a dead worker, with half the batch size after an out-of-memory, never
-after an exception of the training code (`search.failures`).
+after an exception of the training code (`search.trial.failures`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import time
 from dataclasses import fields
 from typing import Any
 
-from search.failures import Failure, classify
-from search.space import hparams
+from search.experiment.space import hparams
+from search.trial.failures import Failure, classify
 from search.trial.settings import TrialSettings, train_run_name
 from search.trial.worker import train_worker
 
@@ -29,7 +29,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     if markers.finished_before_resume(settings.study_name, trial_id):
-        return  # its outcome is in the study already (search/searcher.py): nothing to run or report
+        return  # its outcome is in the study already (search/driver/study.py): nothing to run or report
     markers.clear_disk_full(settings.study_name, trial_id)
     # Not asdict(): it would deep-copy the data's ObjectRef.
     loop_config = {**{f.name: getattr(settings, f.name) for f in fields(settings)},

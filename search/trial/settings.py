@@ -43,10 +43,11 @@ class TrialSettings:
     objective: str
     mode: str
     study_name: str
-    features: Any = None  # the search's `search.features.FeatureStore`, where frozen features are shared
+    features: Any = None  # the search's `search.driver.feature_store.FeatureStore`, where frozen features are shared
     data_key: str = ""  # the data's fingerprint: part of what names shared features
     keep_checkpoints: int = KEEP_CHECKPOINTS
-    max_failures: int = 2  # retries after a dead worker or node (search/failures.py), each from the last checkpoint
+    # retries after a dead worker or node (search/trial/failures.py), each from the last checkpoint
+    max_failures: int = 2
     on_epoch: EpochHook | None = None
     # Ray Train's private internals patched for speed, on a verified Ray (`search.seam.versions.fast_path`);
     # decided once, in the search's driver, so every trial of a search takes the same path.

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search.files import STATE_FILE
 from search.seam.controller import CHECKPOINT_PATH_KEY
+from search.state.names import STATE_FILE
 from search.trial.checkpoints import full_disk_marked, write_checkpoint
 from search.trial.settings import (
     BATCH_SIZE_KEY,
@@ -121,7 +121,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from search.reaper import register_placement_group
+    from search.driver.placement_groups import register_placement_group
     from search.seam import controller, kept_workers
     from trainables.loop import LAST_METRICS, Stopped, fit
 
@@ -142,7 +142,7 @@ def train_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     if not config["workers_kept"]:  # a kept group is its driver's: it must outlive this trial
-        register_placement_group(config["trial_id"])  # so the driver can free it (search/reaper.py)
+        register_placement_group(config["trial_id"])  # so the driver can free it (search/driver/placement_groups.py)
     batch_size, note = trial_batch(config["hparams"].batch_size, state, config["halve_batch"])
     config = {**config, "hparams": config["hparams"].replace(batch_size=batch_size)}
     # The note goes with every epoch, "" included: Tune's progress.csv keeps the first result's columns.
@@ -162,7 +162,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     share = None
     if config["features"] is not None:
-        from search.features import sharing
+        from search.driver.feature_store import sharing
 
         share = sharing(config["features"])
     try:

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from search.data.generated import generate_coats
-from search.space import recipe_points
-from search.spec import load_experiment
+from search.experiment.space import recipe_points
+from search.experiment.spec import load_experiment
 from tests.conftest import REPO, cli_env
 
 TUTORIALS = {

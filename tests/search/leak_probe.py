@@ -17,7 +17,7 @@ from pathlib import Path
 import ray
 from ray.util import state
 
-from search.cluster import LOCAL_RAY_ENV
+from search.driver.ray_cluster import LOCAL_RAY_ENV
 from search.run import main
 from tests.conftest import CLUSTER_SINGLETONS
 

@@ -199,8 +199,8 @@ def test_every_option_is_accepted(tmp_path: Path) -> None:
 
 
 def test_smoke_shrinks_the_budget_images_and_workers() -> None:
+    from search.experiment.spec import load_experiment
     from search.run import SMOKE_SIZE_PX, apply_overrides, parse_args
-    from search.spec import load_experiment
 
     carnivores = load_experiment(REPO / "experiments" / "carnivores.py")
     assert carnivores.image_size_px > SMOKE_SIZE_PX and carnivores.resources.cpus_per_worker > 1

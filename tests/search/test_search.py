@@ -68,7 +68,7 @@ def test_a_trial_starts_only_the_processes_it_needs(asha_run, ray_session) -> No
     """Each trial is a Ray Train job whose controller runs in the trial's driver (no process of
     its own, and Tune hears each report straight from it, not through a queue actor), without
     the processes Ray Train would add for nothing here: a placement-group cleaner
-    (search/reaper.py frees stopped trials' groups), a datasets manager (no Ray Dataset) and,
+    (search/driver/placement_groups.py frees stopped trials' groups), a datasets manager (no Ray Dataset) and,
     on the local Ray, a preemption watcher. A driver goes on to the next trial, and keeps one
     synchronisation actor (search/seam/kept_sync.py) and one worker (search/seam/kept_workers.py) for all of
     its trials."""

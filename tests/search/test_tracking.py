@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from search.experiment.spec import Experiment
 from search.run import main
-from search.spec import Experiment
 from search.tracking import OUT_TAG, PARENT_TAG, STATUS_TAG, TRIAL_TAG, open_tracking
 from tests.conftest import tiny_experiment
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from search.space import hparams, space_function
-from search.spec import Experiment, IntRange, Space, SpecError
+from search.experiment.space import hparams, space_function
+from search.experiment.spec import Experiment, IntRange, Space, SpecError
 from tests.trainables.test_loop import HP
 from trainables import archs, models
 from trainables.archs import ARCHS, CORE_ARCHS, Arch, default_archs

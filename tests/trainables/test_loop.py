@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.spec import OPTIMIZER_CHOICES
+from search.experiment.spec import OPTIMIZER_CHOICES
 from trainables import data, models, optimizers
 from trainables.archs import ARCHS
 from trainables.hparams import HParams

@@ -119,7 +119,7 @@ def test_a_checkpoint_is_written_without_crc32_and_loads_the_same(tmp_path: Path
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
 def test_a_checkpoint_that_finds_the_disk_full_raises_the_systems_error() -> None:
-    """What `search.disk` recognises as a full disk (torch's own writer says "unexpected pos")."""
+    """What `search.state.disk` recognises as a full disk (torch's own writer says "unexpected pos")."""
     with pytest.raises(OSError) as raised:
         save_checkpoint({"weights": torch.zeros(100_000)}, "/dev/full")
     assert raised.value.errno == errno.ENOSPC

@@ -10,10 +10,10 @@ import pyarrow.fs as pafs
 import pytest
 
 from bench import s3
-from search import memory
+from search.state import memory_fit as memory
 from search.data import remote
 from search.run import main
-from search.storage import display_uri
+from search.state.storage import display_uri
 from tests.conftest import write_experiment
 from trainables.data import DataError
 

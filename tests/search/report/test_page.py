@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from search.files import PLOTS_DIR, PREDICTIONS_FILE, REPORT_CSV, REPORT_MD
 from search.report import stored
 from search.report.page import build, describe_arch
 from search.report.stored import StoredRun, TrialRecord
+from search.state.names import PLOTS_DIR, PREDICTIONS_FILE, REPORT_CSV, REPORT_MD
 from tests.search.report.test_table import PNG_SIGNATURE, fake_run, fake_study
 
 

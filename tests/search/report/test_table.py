@@ -12,12 +12,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.files import GRID_FILE, HISTORY_FILE, INPUTS_FILE, PREDICTIONS_FILE, REPORT_CSV, REPORT_HTML, REPORT_MD
+from search.experiment.space import hparams
 from search.report import stored, table
 from search.report.page import build
 from search.report.stored import SearchFacts, StoredRun, TrialRecord
 from search.report.table import trial_row
-from search.space import hparams
+from search.state.names import (
+    GRID_FILE,
+    HISTORY_FILE,
+    INPUTS_FILE,
+    PREDICTIONS_FILE,
+    REPORT_CSV,
+    REPORT_HTML,
+    REPORT_MD,
+)
 from tests.conftest import cli_env
 
 HISTORY = pd.DataFrame({"epoch": [1, 2, 3], "val_acc": [0.5, 0.75, 0.75], "val_loss": [1.0, 0.6, 0.6],

@@ -187,7 +187,7 @@ def test_a_missing_or_unreadable_checkpoint_record_is_unknown_not_empty(tmp_path
     assert registered_checkpoints(tmp_path) == set()
 
 
-# --- search/seam/study.py -----------------------------------------------------------------------
+# --- search/seam/study_search.py -----------------------------------------------------------------------
 
 
 def test_optuna_search_keeps_its_study_and_trials_where_the_seam_reads_them(tmp_path: Path) -> None:
