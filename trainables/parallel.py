@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainables.decode import decode
+
 # progress(done, total): files decoded so far, out of all the files of this decode
 Progress = Callable[[int, int], None]
 Advance = Callable[[int], None]  # advance(n): n more files decoded
@@ -30,8 +32,6 @@ def cores() -> int:
 
 
 def _decode_chunk(paths: list[str], size_px: int, reduced: bool = True) -> list[np.ndarray | str]:
-    from trainables.data import decode
-
     results: list[np.ndarray | str] = []
     for path in paths:
         try:
@@ -43,7 +43,7 @@ def _decode_chunk(paths: list[str], size_px: int, reduced: bool = True) -> list[
 
 def decode_files(paths: list[Path], size_px: int, advance: Advance | None = None,
                  workers: int | None = None, reduced: bool = True) -> Iterator[np.ndarray | str]:
-    """Each file decoded (`trainables.data.decode`) in order, or the reason it could not be."""
+    """Each file decoded (`trainables.decode.decode`) in order, or the reason it could not be."""
     workers = min(workers or cores(), max(1, len(paths) // CHUNK))
     chunks = [[str(p) for p in paths[i:i + CHUNK]] for i in range(0, len(paths), CHUNK)]
     if workers <= 1 or len(paths) < PARALLEL_FROM:
