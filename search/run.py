@@ -27,6 +27,7 @@ from search.driver.signals import GracefulStop, exit_code, terminate_as_interrup
 from search.experiment.domains import parse_duration, parse_size
 from search.experiment.space import without_random_frozen_backbones
 from search.experiment.spec import Experiment, SpecError, load_experiment, replace
+from search.seam import versions
 from search.state import disk, lease, manifest
 from search.state.memory_fit import check_count_fits, check_fits
 from search.state.names import DATA_REPORT_FILE, EXPERIMENT_FILE, MANIFEST_FILE, SUMMARY_FILE, TRACKING_FILE, TUNE_DIR
@@ -232,7 +233,6 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
     from search.driver import tune_setup as tuning
     from search.driver.ray_cluster import start_ray, watching_ray
     from search.finish import finish
-    from search.seam import versions
 
     dashboard = start_ray(args.address)
     terminate_as_interrupt()  # ray.init's own handler would end a SIGTERM during the export silently
@@ -318,6 +318,10 @@ def _main(args: argparse.Namespace, on_epoch: EpochHook | None) -> int:
     output = None
     try:
         check_folders(args)
+        unsupported = versions.unsupported()
+        if unsupported:
+            print(f"error: {unsupported}", file=sys.stderr)
+            return EXIT_USAGE
         if args.address:  # a cluster that does not answer costs seconds, not a decoded data set
             check_address(args.address)
         if args.mlflow:  # a wrong URI costs seconds, not a decoded data set

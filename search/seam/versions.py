@@ -25,9 +25,15 @@ PLAIN_COST = "about 5-9 s more per trial on 2 CPU cores"
 
 
 def ray_version() -> str:
-    import ray
+    """The installed Ray's version, read without importing Ray (seconds on a small machine)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return ray.__version__
+    try:
+        return version("ray")
+    except PackageNotFoundError:
+        import ray
+
+        return ray.__version__
 
 
 def _release(version: str) -> tuple[int, ...]:

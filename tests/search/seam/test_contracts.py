@@ -231,3 +231,14 @@ def test_the_fast_path_runs_only_on_a_verified_ray_and_can_be_forced_off(monkeyp
     assert "2.59.0" in versions.path_line("2.59.0") and versions.PLAIN_COST in versions.path_line("2.59.0")
     monkeypatch.setenv(versions.PATH_ENV, "plain")
     assert not versions.fast_path(verified) and f"{versions.PATH_ENV}=plain" in versions.path_line(verified)
+
+
+def test_a_ray_outside_the_range_stops_the_command_before_anything_runs(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from search import run
+
+    monkeypatch.setattr(versions, "ray_version", lambda: "2.48.1")
+    assert run.main([str(tmp_path / "missing.py"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Ray 2.48.1 is not one this service runs on: pip install") and "\n" not in err
+    assert not (tmp_path / "out").exists()
