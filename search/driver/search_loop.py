@@ -21,10 +21,11 @@ from search.driver import tune_setup as tuning
 from search.driver.ending import BudgetStopper, EndRule
 from search.driver.placement_groups import PlacementGroupReaper, remove_kept_groups
 from search.driver.study import finished_values, load
+from search.driver.study_searcher import study_of
 from search.driver.tune_state_copy import KeepStateCopy, repair
 from search.experiment.spec import Experiment
 from search.seam import tune_files
-from search.seam.study_search import bind, study_of
+from search.seam.optuna_study import bind
 from search.state.disk import DiskFull
 from search.state.names import STUDY_FILE, round_dir
 from search.state.storage import Output

@@ -1,5 +1,5 @@
 """The search's Optuna study in `optuna.db`, the truth on resume: opened, read and closed here
-(Tune's searcher over it is `search.seam.study_search.StudySearch`). Each trial the search ran carries
+(Tune's searcher over it is `search.driver.study_searcher.StudySearch`). Each trial the search ran carries
 its Tune trial id (`TUNE_TRIAL_ID`); trials a warm start told it do not.
 """
 

@@ -25,10 +25,10 @@ from search.driver.study import (
     search_trials,
     study_storage,
 )
+from search.driver.study_searcher import StudyLimiter, StudySearch
 from search.experiment.space import recipe_points, space_function
 from search.experiment.spec import Experiment, SpecError
 from search.seam import cluster_info, markers, tune_files, versions
-from search.seam.study_search import StudyLimiter, StudySearch
 from search.seam.tune_files import MovableASHA
 from search.state.disk import DiskFull, text_reason
 from search.state.names import STUDY_FILE, TRAIN_DIR, TUNE_DIR

@@ -48,7 +48,7 @@ def define_space(space: Space, trial: Any) -> dict[str, Any]:
 
 
 def space_function(space: Space) -> Callable[[Any], dict[str, Any]]:
-    """A picklable define-by-run function for `OptunaSearch(space=...)`."""
+    """A picklable define-by-run function for the searcher (`search.driver.study_searcher.StudySearch`)."""
     return functools.partial(define_space, space)
 
 

@@ -10,7 +10,8 @@ depends on the names of the files they write. Everything else uses their public 
 - `cluster_info`: an actor's state, the autoscaler's ceiling, a cluster.yaml's validity.
 - `tune_files`: Tune's and Train's file names and what the service reads of them; Tune's
   syncer, a Tuner's live run config, a new trial's storage.
-- `study_search`: Ray's `OptunaSearch` reconciled with the Optuna study on resume.
+- `optuna_study`: the study a restored searcher belongs to now, and a running Optuna trial taken
+  up again by its number (the searcher itself, `search.driver.study_searcher`, is public API).
 
 Each private symbol has a contract test (`tests/search/seam/test_contracts.py`) that fails
 naming it when an upgrade of Ray or Optuna moves or changes it.

@@ -187,26 +187,27 @@ def test_a_missing_or_unreadable_checkpoint_record_is_unknown_not_empty(tmp_path
     assert registered_checkpoints(tmp_path) == set()
 
 
-# --- search/seam/study_search.py -----------------------------------------------------------------------
+# --- search/seam/optuna_study.py ------------------------------------------------------------------
 
 
-def test_optuna_search_keeps_its_study_and_trials_where_the_seam_reads_them(tmp_path: Path) -> None:
+def test_a_running_optuna_trial_is_taken_up_again_by_its_number(tmp_path: Path) -> None:
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from search.seam.optuna_study import live_trial
 
     logging.getLogger("optuna").setLevel(logging.WARNING)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
-    search = OptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m", mode="min",
-                          study_name="contract", storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
-    for attribute in ("_ot_study", "_ot_trials", "_completed_trials", "_storage", "_sampler", "_study_name"):
-        assert hasattr(search, attribute), f"OptunaSearch.{attribute} is gone"
-    config = search.suggest("t1")
-    trial = search._ot_trials["t1"]
-    assert isinstance(trial, optuna.trial.Trial) and 0 <= config["x"] <= 1
-    again = optuna.trial.Trial(search._ot_study, trial._trial_id)  # the seam rebuilds trials from their ids
-    assert again.params == trial.params
-    frozen = search._ot_study.get_trials(deepcopy=False)[0]
-    assert frozen._trial_id == trial._trial_id
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="contract")
+    first, second = study.ask(), study.ask()
+    x = first.suggest_float("x", 0, 1)
+    again = live_trial(study, first.number)  # FrozenTrial._trial_id, Trial(study, trial_id)
+    assert again.number == first.number and again.suggest_float("x", 0, 1) == x
+    again.report(0.5, 1)
+    again.set_user_attr("k", "v")
+    stored = study.get_trials(deepcopy=False)[first.number]
+    assert stored.intermediate_values == {1: 0.5} and stored.user_attrs == {"k": "v"}
+    assert live_trial(study, second.number).number == second.number
+    with pytest.raises(KeyError):
+        live_trial(study, 99)
 
 
 # --- search/seam/versions.py ---------------------------------------------------------------------
