@@ -66,13 +66,16 @@ def coats(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session, on 2 CPUs and without the dashboard: the
-    setting where Ray 2.60 leaks stopped trials' workers unless the service frees them."""
+    setting where Ray leaks stopped trials' workers unless the service frees them. On a Ray
+    that takes Ray's documented path (search/seam/versions.py) with the dashboard, which Ray's
+    own placement-group cleaner needs to end (without it each cleaner stays, ray-project/ray#54305)."""
     import ray
 
     from search.driver.ray_cluster import LOCAL_RAY_ENV
+    from search.seam import versions
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             runtime_env={"env_vars": LOCAL_RAY_ENV})
+    ray.init(address="local", num_cpus=2, include_dashboard=not versions.fast_path(), configure_logging=False,
+             log_to_driver=False, runtime_env={"env_vars": LOCAL_RAY_ENV})
     yield ray
     ray.shutdown()
 

@@ -98,6 +98,25 @@ def start_ray(address: str | None) -> str | None:
 
 
 def _join(address: str, **init: Any) -> Any:
+    """ray.init(address, **init), refused in one line when the cluster runs another Ray."""
+    import re
+
+    import ray
+
+    from search.experiment.spec import SpecError
+
+    try:
+        return _connect(address, **init)
+    except RuntimeError as err:
+        if "Version mismatch" not in str(err):
+            raise
+        theirs = re.search(r"started with:\s*Ray: (\S+)", str(err))
+        raise SpecError("--address", address, f"a cluster on this Ray ({ray.__version__}); it runs Ray "
+                        f"{theirs.group(1) if theirs else 'another'}, and Ray joins only its own version: install "
+                        "that one here (pip install 'ray[default,serve,tune,train]==VERSION')") from None
+
+
+def _connect(address: str, **init: Any) -> Any:
     """ray.init(address, **init), connecting again when Ray Client's server died starting."""
     import ray
 

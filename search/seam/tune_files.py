@@ -17,6 +17,8 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler
 
+from search.seam import versions
+
 # Tune's experiment state (ray/tune/execution/tune_controller.py, CKPT_FILE_TMPL).
 EXPERIMENT_STATE_PATTERN = "experiment_state-*.json"
 # Ray Train's record of a run's registered checkpoints, in the run's folder (checkpoint_manager.py).
@@ -25,9 +27,14 @@ CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 def registered_checkpoints(run: Path) -> set[str] | None:
     """The folder names of the checkpoints Ray Train registered for the run in `run`; None
-    when its record is missing or unreadable (what counts is then unknown)."""
+    when what counts is unknown: its record unreadable, or missing on a Ray whose file names
+    were not checked (`versions.files_verified`; on one that was, Train writes the record with
+    the first checkpoint it registers, so none means none registered)."""
+    path = run / CHECKPOINT_SNAPSHOT
+    if not path.exists():
+        return set() if versions.files_verified() else None
     try:
-        snapshot = json.loads((run / CHECKPOINT_SNAPSHOT).read_text())
+        snapshot = json.loads(path.read_text())
         results = [*snapshot["checkpoint_results"], snapshot.get("latest_checkpoint_result") or {}]
         return {result["checkpoint_dir_name"] for result in results if result}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

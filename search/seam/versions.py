@@ -14,6 +14,8 @@ import os
 
 # Every Ray the fast path's patches were checked on, by the suite and `tests/search/seam`.
 VERIFIED_RAY = ("2.60.0",)
+# Every Ray whose file names the seam reads (search/seam/tune_files.py) were checked on.
+FILES_VERIFIED_RAY = ("2.59.0", "2.60.0")
 # The Rays the suite ran on (plain path on the older, both on the verified); pyproject.toml says the same.
 OLDEST_RAY = (2, 59)
 NEWEST_RAY = (2, 60)
@@ -57,6 +59,12 @@ def fast_path(version: str | None = None) -> bool:
     """Whether trials take the fast path: a verified Ray, and not forced off by `PATH_ENV`."""
     version = version or ray_version()
     return version in VERIFIED_RAY and os.environ.get(PATH_ENV, "fast") != "plain"
+
+
+def files_verified(version: str | None = None) -> bool:
+    """Whether the names of the files Tune and Train write were checked on this Ray: where they
+    were not, a file the seam does not find may have been renamed, and nothing is done on its absence."""
+    return (version or ray_version()) in FILES_VERIFIED_RAY
 
 
 def path_line(version: str | None = None) -> str | None:

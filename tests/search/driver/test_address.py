@@ -191,3 +191,21 @@ def test_sigterm_while_waiting_for_the_cluster_stops_at_once(
         timer.cancel()
     assert code == 143 and time.monotonic() - started < 10
     assert "Interrupted." in capsys.readouterr().err
+
+
+def test_a_cluster_on_another_ray_is_refused_in_one_line_naming_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray joins only a cluster of its own version; its own error is a page of traceback."""
+    import ray
+
+    from search.driver import ray_cluster
+    from search.experiment.spec import SpecError
+
+    def mismatch(address: str, **init: object) -> None:
+        raise RuntimeError("Version mismatch: The cluster was started with:\n    Ray: 2.99.0\n    Python: 3.11.7\n"
+                           f"This process on node 10.0.0.1 was started with:\n    Ray: {ray.__version__}\n")
+
+    monkeypatch.setattr(ray_cluster, "_connect", mismatch)
+    with pytest.raises(SpecError) as refused:
+        ray_cluster._join("10.0.0.1:6379")
+    line = str(refused.value)
+    assert "10.0.0.1:6379" in line and "2.99.0" in line and ray.__version__ in line and "\n" not in line

@@ -198,7 +198,11 @@ def test_a_reader_of_the_study_during_the_search_does_not_break_it(ray_session, 
         while not done.is_set() and time.monotonic() < deadline:
             with sqlite3.connect(out / "optuna.db", timeout=60) as db:
                 db.execute("BEGIN")
-                reads.append(db.execute("SELECT count(*) FROM trials").fetchone()[0])
+                try:
+                    reads.append(db.execute("SELECT count(*) FROM trials").fetchone()[0])
+                except sqlite3.OperationalError:  # the file is there, its tables not yet: read again
+                    db.execute("COMMIT")
+                    continue
                 time.sleep(6)  # a shared lock held past the writer's default patience
                 db.execute("COMMIT")
             time.sleep(0.2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from search.seam.tune_files import CHECKPOINT_SNAPSHOT
 from search.trial.checkpoints import remove_unregistered_checkpoints
 from search.trial.settings import train_run_name
@@ -22,12 +24,24 @@ def test_only_the_checkpoints_ray_train_never_registered_are_removed(tmp_path: P
     (registered / CHECKPOINT_SNAPSHOT).write_text(json.dumps({
         "checkpoint_results": [{"checkpoint_dir_name": "epoch-0002"}],
         "latest_checkpoint_result": {"checkpoint_dir_name": "epoch-0001"}}))
-    checkpoints(never, 1)  # its first checkpoint failed, or Train's record is not where it was: keep all
+    checkpoints(never, 1)  # its first checkpoint failed: Train wrote no record
     checkpoints(unreadable, 1, 2)
     (unreadable / CHECKPOINT_SNAPSHOT).write_text('{"checkpoint_res')  # the record cut short itself: keep all
     removed = remove_unregistered_checkpoints(tmp_path)
-    assert removed == [registered / "epoch-0003"]
+    assert removed == [registered / "epoch-0003", never / "epoch-0001"]
     assert sorted(p.name for p in registered.iterdir()) == [CHECKPOINT_SNAPSHOT, "epoch-0001", "epoch-0002"]
-    assert [p.name for p in never.iterdir()] == ["epoch-0001"]  # nothing deleted on what could not be read
+    assert list(never.iterdir()) == []
     assert sorted(p.name for p in unreadable.glob("epoch-*")) == ["epoch-0001", "epoch-0002"]
     assert remove_unregistered_checkpoints(tmp_path / "missing") == []
+
+
+def test_on_a_ray_whose_file_names_were_not_checked_a_missing_record_keeps_every_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray may have renamed its record: nothing is deleted on what could not be found."""
+    from search.seam import versions
+
+    monkeypatch.setattr(versions, "ray_version", lambda: "2.61.0")
+    run = tmp_path / train_run_name("aaaa")
+    checkpoints(run, 1, 2)
+    assert remove_unregistered_checkpoints(tmp_path) == []
+    assert sorted(p.name for p in run.iterdir()) == ["epoch-0001", "epoch-0002"]
