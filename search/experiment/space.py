@@ -18,6 +18,7 @@ from typing import Any
 from search.experiment.spec import Choice, Domain, Experiment, IntRange, LogUniform, Space, Uniform
 from trainables.archs import ARCHS
 from trainables.hparams import HParams
+from trainables.optimizers import OPTIMIZERS
 
 
 def _ask(trial: Any, name: str, domain: Any, constants: dict[str, Any]) -> Any:
@@ -40,8 +41,8 @@ def define_space(space: Space, trial: Any) -> dict[str, Any]:
     _ask(trial, "augment", space.augment, constants)
     optimizer = _ask(trial, "optimizer", space.optimizer, constants)
     _ask(trial, f"lr_{optimizer}", space.lr[optimizer], constants)
-    if optimizer == "sgd":
-        _ask(trial, "momentum", space.momentum, constants)
+    for name in OPTIMIZERS[optimizer].searches:
+        _ask(trial, name, getattr(space, name), constants)
     _ask(trial, "batch_size", space.batch_size, constants)
     _ask(trial, "dropout", space.dropout, constants)
     return constants
@@ -56,9 +57,7 @@ def hparams(config: Mapping[str, Any], weights: str) -> HParams:
     """Resolve a trial config (Optuna's parameter names) to the trainables' hyperparameters;
     parameters the drawn architecture or optimizer does not use stay None."""
     arch, optimizer = config["arch"], config["optimizer"]
-    used = {*ARCHS[arch].searches, *(("momentum",) if optimizer == "sgd" else ())}
-    conditional = {name: config.get(name) for name in ("unfrozen_blocks", "head_units", "feature_views",
-                                                        "cnn_width", "cnn_depth", "momentum") if name in used}
+    conditional = {name: config.get(name) for name in (*ARCHS[arch].searches, *OPTIMIZERS[optimizer].searches)}
     return HParams(arch=arch, optimizer=optimizer, lr=config[f"lr_{optimizer}"], batch_size=config["batch_size"],
                    augment=config["augment"], dropout=config["dropout"], weights=weights, **conditional)
 

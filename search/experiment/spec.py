@@ -29,11 +29,11 @@ from search.experiment.domains import (
     spec_class,
 )
 from trainables.archs import ARCHS, default_archs
+from trainables.optimizers import OPTIMIZERS
 
 __all__ = ["Budget", "Choice", "Domain", "Experiment", "IntRange", "LogUniform", "Resources", "Space", "SpecError",
            "Uniform", "load_experiment", "replace"]
 
-OPTIMIZER_CHOICES = ("rmsprop", "adam", "sgd")
 OBJECTIVES = {"val_acc": "max", "val_loss": "min"}
 SELECT_ALLOWED = ("'accuracy', or 'fastest_within=D' with D a number >= 0 in the objective's units "
                   "(e.g. 'fastest_within=0.01')")
@@ -59,20 +59,18 @@ class Space:
     cnn_width: Choice | int = Choice(16, 32, 64)  # small_cnn only: channels of the first conv
     cnn_depth: IntRange | int = IntRange(2, 4)  # small_cnn only: conv blocks
     augment: Uniform | float = Uniform(0.0, 1.0)
-    optimizer: Choice | str = Choice(*OPTIMIZER_CHOICES)
+    # Names of trainables.optimizers.OPTIMIZERS: one entry there adds one here, its lr range with it.
+    optimizer: Choice | str = dataclasses.field(default_factory=lambda: Choice(*OPTIMIZERS))
     lr: Mapping[str, LogUniform | float] = dataclasses.field(default_factory=lambda: {
-        "rmsprop": LogUniform(1e-5, 1e-2),
-        "adam": LogUniform(1e-5, 1e-2),
-        "sgd": LogUniform(1e-4, 1e-1),
-    })
+        name: LogUniform(*optimizer.lr_range) for name, optimizer in OPTIMIZERS.items()})
     momentum: Uniform | float = Uniform(0.0, 0.99)  # sgd only
     batch_size: Choice | int = Choice(16, 32, 64)
     dropout: Uniform | float = Uniform(0.0, 0.6)
 
     def __post_init__(self) -> None:
         check_values("Space.arch", self.arch, lambda v: v in ARCHS, f"one of {', '.join(ARCHS)}")
-        check_values("Space.optimizer", self.optimizer, lambda v: v in OPTIMIZER_CHOICES,
-                      f"one of {', '.join(OPTIMIZER_CHOICES)}")
+        check_values("Space.optimizer", self.optimizer, lambda v: v in OPTIMIZERS,
+                      f"one of {', '.join(OPTIMIZERS)}")
         partial = [ARCHS[a] for a in self.archs() if ARCHS[a].freeze == "partial"]
         # The fewest blocks of the partial backbones searched: every one must have that many.
         check_bounds("Space.unfrozen_blocks", self.unfrozen_blocks, 1,
@@ -89,8 +87,8 @@ class Space:
             require("Space.lr", dict(self.lr), opt in self.lr,
                      f"give a learning rate (or LogUniform range) for optimizer {opt!r}")
         for opt, lr in self.lr.items():
-            require(f"Space.lr[{opt!r}]", opt, opt in OPTIMIZER_CHOICES,
-                     f"keys must be optimizers: {', '.join(OPTIMIZER_CHOICES)}")
+            require(f"Space.lr[{opt!r}]", opt, opt in OPTIMIZERS,
+                     f"keys must be optimizers: {', '.join(OPTIMIZERS)}")
             check_bounds(f"Space.lr[{opt!r}]", lr, 1e-9, 10.0)
         object.__setattr__(self, "lr", dict(self.lr))
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.experiment.spec import OPTIMIZER_CHOICES
 from trainables import data, models, optimizers
 from trainables.archs import ARCHS
 from trainables.hparams import HParams
@@ -27,7 +26,6 @@ def arrays(coats: Path, tmp_path_factory: pytest.TempPathFactory) -> data.ArrayD
 
 def test_registries_hold_exactly_the_names_the_space_uses() -> None:
     assert {arch.family for arch in ARCHS.values()} == set(models.BUILDERS)
-    assert set(optimizers.REGISTRY) == set(OPTIMIZER_CHOICES)
     assert len(models.INCEPTION_BLOCKS) == ARCHS["inception_partial"].blocks
 
 

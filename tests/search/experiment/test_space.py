@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from search.experiment.space import hparams, recipe_points, space_function
 from search.experiment.spec import Choice, Experiment, LogUniform, Space
@@ -113,3 +114,27 @@ def test_frozen_backbones_with_random_weights_leave_the_space_unless_pinned() ->
     assert without_random_frozen_backbones(pinned) == (pinned, None)
     imagenet = Experiment(name="x", data="d", space=Space(arch=Choice("small_cnn", "inception_frozen")))
     assert without_random_frozen_backbones(imagenet) == (imagenet, None)
+
+
+def test_an_optimizer_is_added_by_one_table_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One entry in trainables.optimizers.OPTIMIZERS: the space searches it, with its own learning
+    rates and the fields it samples, its trials resolve to HParams and build it."""
+    import optuna
+    import torch
+
+    from search.experiment.space import define_space, hparams
+    from search.experiment.spec import Choice, Space
+    from trainables.optimizers import OPTIMIZERS, OptimizerSpec, create_optimizer
+
+    monkeypatch.setitem(OPTIMIZERS, "adamw", OptimizerSpec(
+        lambda optim, params, lr, momentum: optim.AdamW(params, lr=lr), lr_range=(1e-4, 3e-3)))
+    space = Space(arch="small_cnn")
+    assert "adamw" in space.optimizer.options and space.lr["adamw"].low == 1e-4
+    trial = optuna.trial.FixedTrial({"cnn_width": 16, "cnn_depth": 2, "augment": 0.1, "optimizer": "adamw",
+                                     "lr_adamw": 1e-3, "batch_size": 32, "dropout": 0.2})
+    constants = define_space(space, trial)
+    hp = hparams({**trial.params, **constants}, "none")
+    assert (hp.optimizer, hp.lr, hp.momentum) == ("adamw", 1e-3, None)
+    built = create_optimizer(hp.optimizer, [torch.nn.Parameter(torch.zeros(1))], hp.lr)
+    assert isinstance(built, torch.optim.AdamW)
+    assert Space(arch="small_cnn", optimizer=Choice("adamw", "sgd")).optimizers() == ("adamw", "sgd")
