@@ -4,7 +4,7 @@ the driver's machine has.
 The decoded images live twice in the driver's memory at the peak (the arrays, and their
 copy in Ray's object store, which the driver's node hosts for a local run). Ray's object
 store itself is not the limit: an object larger than it is allocated on disk (Ray's
-fallback allocation) and read from there, slower, by every trial (tests/search/test_memory.py).
+fallback allocation) and read from there, slower, by every trial (tests/search/state/test_memory_fit.py).
 """
 
 from __future__ import annotations

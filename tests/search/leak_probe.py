@@ -19,7 +19,7 @@ from ray.util import state
 
 from search.driver.ray_cluster import LOCAL_RAY_ENV
 from search.run import main
-from tests.conftest import CLUSTER_SINGLETONS
+from tests.conftest import not_ours
 
 if __name__ == "__main__":
     context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
@@ -51,7 +51,7 @@ if __name__ == "__main__":
         live = state.list_placement_groups(address=api, filters=[("state", "!=", "REMOVED")])
         groups = [g.placement_group_id for g in live]
         actors = [a.class_name for a in state.list_actors(address=api, filters=[("state", "=", "ALIVE")])
-                  if a.class_name not in CLUSTER_SINGLETONS]
+                  if a.class_name not in not_ours()]
         if not (groups or actors) or time.monotonic() > deadline:
             break
         time.sleep(1)

@@ -182,7 +182,7 @@ def rank_1_diverges_in_epoch_1(attempts: Path, hp, metrics: dict) -> None:
 
 def test_a_rank_that_raises_ends_its_trial_without_leaving_the_others_waiting(ray_session, coats: Path,
                                                                               tmp_path: Path) -> None:
-    from tests.search.test_multiworker import TWO_WORKERS
+    from tests.search.trial.test_multiworker import TWO_WORKERS
 
     experiment = write_experiment(tmp_path, TWO_WORKERS.format(data=coats))
     out, attempts = tmp_path / "out", tmp_path / "attempts.txt"
