@@ -5,7 +5,8 @@ Ray 2.60's private Train internals (verified: `search.seam.versions.VERIFIED_RAY
 `tests/search/seam/test_contracts.py`): `DataParallelTrainer._create_default_callbacks` and
 `._initialize_and_run_controller`, `TrainController` (its `run`, `get_worker_group`,
 `_shutdown_worker_group`), `get_train_context().checkpoint_upload_threadpool`,
-`StorageContext._check_validation_file`, and the logger of `execution/context.py`.
+`StorageContext` (`storage_filesystem`, `build_checkpoint_path_from_name`, `_check_validation_file`),
+and the logger of `execution/context.py`.
 """
 
 from __future__ import annotations
@@ -105,10 +106,26 @@ def quiet_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def check_storage_visible(storage: Any) -> None:
-    """Ray Train's check that this node sees the run's storage (a folder on the head alone is
-    not shared), which its own upload makes before every checkpoint and a write of ours skips."""
-    storage._check_validation_file()
+class RunStorage:
+    """Where this worker's Train run keeps its checkpoints (Ray Train's `StorageContext` of the
+    run, from `TrainContext.get_storage()`): its filesystem, and each checkpoint's folder there."""
+
+    def __init__(self) -> None:
+        import pyarrow.fs
+        import ray.train
+
+        self._storage = ray.train.get_context().get_storage()
+        self.filesystem = self._storage.storage_filesystem  # pyarrow's
+        self.local = isinstance(self.filesystem, pyarrow.fs.LocalFileSystem)
+
+    def folder_for(self, name: str) -> str:
+        """The folder of the checkpoint `name` (`checkpoint_dir_name`) in the run's storage."""
+        return self._storage.build_checkpoint_path_from_name(name)
+
+    def check_visible(self) -> None:
+        """Ray Train's check that this node sees the run's storage (a folder on the head alone is
+        not shared), which its own upload makes before every checkpoint and a write of ours skips."""
+        self._storage._check_validation_file()
 
 
 def flush_checkpoint_writes() -> None:

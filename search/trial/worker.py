@@ -37,14 +37,14 @@ class EpochReports:
     memory, not one per epoch)."""
 
     def __init__(self, config: dict[str, Any], rank: int, best: float | None, extra: dict[str, Any]) -> None:
-        import ray.train
+        from search.seam import controller
 
         self.config, self.rank, self.best, self.extra = config, rank, best, extra
         self.objective = config["objective"]
         self.better = max if config["mode"] == "max" else min
         self.report_s = 0.0
         self.writing: threading.Event | None = None
-        self.storage = ray.train.get_context().get_storage() if config["fast_path"] else None
+        self.storage = controller.RunStorage() if config["fast_path"] else None
 
     def __call__(self, metrics: dict[str, float], run_state: dict[str, Any]) -> None:
         """`fit`'s report callback, after every epoch."""
@@ -85,14 +85,12 @@ class EpochReports:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
 
     def _report_in_place(self, metrics: dict[str, float], run_state: dict[str, Any], name: str) -> None:
-        import pyarrow.fs
         import ray.train
 
         from trainables.state import save_checkpoint
 
         storage = self.storage
-        local = isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
-        folder = storage.build_checkpoint_path_from_name(name)
+        folder = storage.folder_for(name)
         snapshot = io.BytesIO()  # the state as it is now: the next epoch trains while it is written
         save_checkpoint(run_state, snapshot)
         if self.writing is not None:
@@ -103,12 +101,12 @@ class EpochReports:
         def write(checkpoint: Any, _name: str) -> Any:
             try:
                 with full_disk_marked(study_name, trial_id):
-                    write_checkpoint(storage.storage_filesystem, folder, snapshot.getbuffer(), local)
+                    write_checkpoint(storage.filesystem, folder, snapshot.getbuffer(), storage.local)
             finally:
                 written.set()
             return checkpoint
 
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint(folder, filesystem=storage.storage_filesystem),
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint(folder, filesystem=storage.filesystem),
                          checkpoint_dir_name=name, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
                          delete_local_checkpoint_after_upload=False, checkpoint_upload_fn=write)
         self.writing = written  # not when report raised: then no write was handed over
@@ -116,7 +114,6 @@ class EpochReports:
 
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: load the cached arrays, resume if a checkpoint exists, run `fit`."""
-    import pyarrow.fs
     import ray.train
     import ray.train.torch
     import torch
@@ -147,11 +144,9 @@ def train_worker(config: dict[str, Any]) -> None:
     config = {**config, "hparams": config["hparams"].replace(batch_size=batch_size)}
     # The note goes with every epoch, "" included: Tune's progress.csv keeps the first result's columns.
     extra = {"startup_s": time.time() - config["trial_started_at"], NOTE_KEY: note, BATCH_SIZE_KEY: batch_size}
-    if fast and rank == 0:
-        storage = context.get_storage()
-        if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
-            controller.check_storage_visible(storage)
     reports = EpochReports(config, rank, state.get(BEST_STATE_KEY) if state else None, extra)
+    if reports.storage is not None and reports.storage.local and rank == 0:
+        reports.storage.check_visible()
     if state is not None and state["epoch"] >= config["max_epochs"] and LAST_METRICS in state:
         # Trained to its last epoch before the search's driver was lost, whose Tune never heard
         # that epoch's report: said again, or the trial would end with no result at all (its

@@ -86,6 +86,8 @@ def test_the_worker_context_holds_a_checkpoint_upload_pool_and_the_storage_check
     storage = symbol("ray.train.v2._internal.execution.storage:StorageContext")
     assert parameters("ray.train.v2._internal.execution.storage:StorageContext._check_validation_file") == ["self"]
     assert callable(storage.build_checkpoint_path_from_name)
+    assert "self.storage_filesystem" in inspect.getsource(storage.__init__)
+    assert callable(symbol("ray.train.v2.api.context:TrainContext.get_storage"))
 
 
 def test_reports_are_logged_by_the_context_modules_own_logger() -> None:
