@@ -242,8 +242,10 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
     def ray_died(what: str) -> None:
         # Ray ends this process from C++ soon after (its plasma connection breaks), so the
         # command ends here, as a SIGKILL of the driver would: what is saved is resumable.
-        print(f"error: Ray stopped under the search: {what}. The search is saved; continue it with: "
-              f"{resume_command(args.argv)}", file=sys.stderr, flush=True)
+        # Straight to the file descriptor: Ray or Tune may have wrapped sys.stderr in a writer that
+        # os._exit would not wait for.
+        os.write(2, f"error: Ray stopped under the search: {what}. The search is saved; continue it with: "
+                    f"{resume_command(args.argv)}\n".encode())
         os._exit(EXIT_RAY_DIED)
 
     with watching_ray(ray_died):

@@ -46,7 +46,7 @@ if __name__ == "__main__":
     code = main(sys.argv[1:])
     done.set()
     asker.join()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # Ray's own placement-group cleaners (its documented path) poll every 1 s
     while True:
         live = state.list_placement_groups(address=api, filters=[("state", "!=", "REMOVED")])
         groups = [g.placement_group_id for g in live]

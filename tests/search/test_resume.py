@@ -141,7 +141,7 @@ def test_ray_dying_under_the_search_ends_it_with_the_resume_command(coats: Path,
         with contextlib.suppress(ProcessLookupError):
             os.killpg(first.pid, signal.SIGKILL)  # whatever of its Ray is left
     assert first.returncode == 75, stdout[-2000:] + stderr[-2000:]
-    last = stderr.strip().splitlines()[-1]
+    last = next((line for line in stderr.splitlines() if "Ray stopped under the search" in line), stderr[-2000:])
     assert f"raylet (pid {raylet}) killed by SIGKILL" in last and "continue it with:" in last, stderr[-2000:]
     resume = shlex.split(last.split("continue it with: ", 1)[1])
     assert resume[-1] == "--resume"
