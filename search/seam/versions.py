@@ -21,9 +21,9 @@ OLDEST_RAY = (2, 59)
 NEWEST_RAY = (2, 60)
 SUPPORTED = ">=2.59,<2.61"
 PATH_ENV = "IMAGESEARCH_RAY_PATH"  # "plain" forces Ray's documented path; "fast" (or unset): the verified one
-# What the plain path costs, measured on 2 cores (bench/RESULTS.md): each trial starts its own
+# What the plain path costs, measured on 2 cores (bench/RESULTS.md, Dec 7 2026): each trial starts its own
 # driver, controller, worker and synchronisation processes.
-PLAIN_COST = "about 5-9 s more per trial on 2 CPU cores"
+PLAIN_COST = "about 16 s more per trial on 2 CPU cores"
 
 
 def ray_version() -> str:
