@@ -141,7 +141,10 @@ def death_of(kind: str, process: Any) -> str:
     """What happened to a Ray process that exited, in words."""
     code = process.returncode
     if code is not None and code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # a real-time signal, which has no name
+            name = f"signal {-code}"
         how = f"killed by {name}" + (" (the kernel's out-of-memory killer sends it: see dmesg)"
                                      if -code == signal.SIGKILL else "")
     else:
