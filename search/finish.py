@@ -19,14 +19,15 @@ from ray import tune
 
 from search.best import export
 from search.best.calibration import calibrate, choose_tta, softmax
-from search.best.candidates import TOP_K, Trial, measure_others, measure_top
-from search.best.select import Candidate, choose
+from search.best.candidates import Trial, measure_others, measure_top
+from search.best.select import TOP_K, Candidate, choose
 from search.experiment.space import hparams, recipe_points
 from search.experiment.spec import Experiment
 from search.report import stored, table
 from search.report.page import build
-from search.state.names import BEST_DIR, META_FILE, REPORT_HTML, STATE_FILE, STUDY_FILE
+from search.state.names import BEST_DIR, META_FILE, REPORT_HTML, STATE_FILE, STUDY_FILE, TRAIN_DIR
 from search.state.storage import Output, load_state
+from search.trial.checkpoints import checkpoint_key, kept_checkpoints
 from trainables.data import ArrayData
 from trainables.loop import default_device, predict_logits, with_mirror
 from trainables.state import restore_model
@@ -130,10 +131,14 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
     if ended_by:
         summary["ended_by"] = ended_by
     usable = frame[(frame["status"] != "error") & frame["checkpoint_path"].notna()]
-    if usable.empty:
+    # Where the table's best epoch of a trial is not the study's (its history cut short by a full
+    # disk), the checkpoint it names may have been freed as out of reach (search/driver/retention.py).
+    kept = kept_checkpoints(output.filesystem, f"{output.path}/{TRAIN_DIR}")
+    exportable = [checkpoint_key(path) in kept for path in usable["checkpoint_path"]]
+    if not any(exportable):
         print("No trial produced a model: see the error column of report.csv.", flush=True)
     else:
-        chosen, chosen_by = _select(usable, run, experiment, len(arrays.classes))
+        chosen, chosen_by = _select(usable, exportable, run, experiment, len(arrays.classes))
         run, best_text = _export_best(chosen, run, experiment, arrays, output, chosen_by)
         summary.update(best_trial=run.best["trial_id"], best=run.best["metrics"])
         print(best_text, flush=True)
@@ -144,21 +149,25 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
     return summary
 
 
-def _select(usable: pd.DataFrame, run: stored.StoredRun, experiment: Experiment,
+def _select(usable: pd.DataFrame, exportable: list[bool], run: stored.StoredRun, experiment: Experiment,
             num_classes: int) -> tuple[pd.Series, dict[str, Any]]:
-    """The trial `experiment.select` exports, from the leaderboard's top trials and their measured
-    serving cost; and what meta.json and the report keep of it (the figures, the rule's outcome)."""
+    """The trial `experiment.select` exports, from the leaderboard's top trials whose checkpoint
+    is kept (`exportable`, row by row of `usable`) and their measured serving cost; and what
+    meta.json and the report keep of it (the figures, the rule's outcome). The other trials are
+    measured for the plot only."""
     configs = {t.trial_id: t.config for t in run.trials}
     trials = [Trial(row["trial_id"], int(row["trial_number"]), float(row[experiment.objective]),
                     hparams(configs[row["trial_id"]], experiment.weights)) for _, row in usable.iterrows()]
+    top_ids = set(usable[exportable]["trial_id"].head(TOP_K))
+    top, rest = [t for t in trials if t.trial_id in top_ids], [t for t in trials if t.trial_id not in top_ids]
     by_graph: dict = {}
-    figures, seconds = measure_top(trials[:TOP_K], num_classes, experiment.image_size_px, by_graph)
+    figures, seconds = measure_top(top, num_classes, experiment.image_size_px, by_graph)
     candidates = [Candidate(f["trial_id"], f["trial_number"], f["objective"], f.get("batch1_p50_ms")) for f in figures]
     selection = choose(candidates, experiment.select, experiment.tolerance, experiment.objective, experiment.mode)
     chosen = usable[usable["trial_id"] == selection.chosen.trial_id].iloc[0]
-    others = measure_others(trials[TOP_K:], num_classes, experiment.image_size_px, by_graph)
+    others = measure_others(rest, num_classes, experiment.image_size_px, by_graph)
     return chosen, {"selection": {**selection.to_dict(), "measure_s": seconds}, "serving_top_k": figures,
-                    "serving_others": others, "serving_unmeasured": len(trials[TOP_K:]) - len(others)}
+                    "serving_others": others, "serving_unmeasured": len(rest) - len(others)}
 
 
 def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment, arrays: ArrayData,

@@ -30,7 +30,8 @@ class Arch:
     of `blocks` ("partial"). `weights` is torchvision's weights enum for the ImageNet
     backbone and `weights_file` the file it is stored as under TORCH_HOME. `checkpoint_mb` is
     the size of one of its checkpoints (the weights and Adam's state of what trains) at the space's
-    largest setting, measured: the disk-space estimate of a search (`search.state.disk`) reads it.
+    largest setting, measured, and `model_mb` the whole model's (frozen backbone included, as
+    `best/` exports it): the disk-space estimate of a search (`search.state.disk`) reads both.
     """
 
     name: str
@@ -42,6 +43,7 @@ class Arch:
     weights_file: str | None = None
     blocks: int = 0
     checkpoint_mb: float = 100.0  # a guess where an entry does not say: a large backbone's
+    model_mb: float = 110.0  # the whole model's parameters (an exported model.pt, or its ONNX)
 
     @property
     def pretrained(self) -> bool:
@@ -49,29 +51,32 @@ class Arch:
 
 
 def _backbone(name: str, family: str, min_size_px: int, weights: str, weights_file: str,
-              blocks: int, checkpoint_mb: tuple[float, float]) -> tuple[Arch, Arch]:
+              blocks: int, checkpoint_mb: tuple[float, float], model_mb: float) -> tuple[Arch, Arch]:
     """The frozen and the partly unfrozen variants of one ImageNet backbone (`checkpoint_mb` in that order)."""
     frozen = Arch(f"{name}_frozen", family, ("head_units", "feature_views"), min_size_px, "all",
-                  weights, weights_file, blocks, checkpoint_mb[0])
+                  weights, weights_file, blocks, checkpoint_mb[0], model_mb)
     partial = Arch(f"{name}_partial", family, ("unfrozen_blocks", "head_units"), min_size_px, "partial",
-                   weights, weights_file, blocks, checkpoint_mb[1])
+                   weights, weights_file, blocks, checkpoint_mb[1], model_mb)
     return frozen, partial
 
 
 # Checkpoint sizes (what trains, with Adam's state, the largest optimizer's; `trainables.state`) at
-# 128 head units, 3 unfrozen blocks, small_cnn 64 wide and 4 deep (1.6 MB at 8 wide and 2 deep).
+# 128 head units, 3 unfrozen blocks, small_cnn 64 wide and 4 deep (1.6 MB at 8 wide and 2 deep);
+# whole models' parameters as torchvision builds them (an upper bound of what best/ exports).
 ARCHS: dict[str, Arch] = {arch.name: arch for arch in (
-    Arch("small_cnn", "small_cnn", ("cnn_width", "cnn_depth"), min_size_px=16, checkpoint_mb=37),
+    Arch("small_cnn", "small_cnn", ("cnn_width", "cnn_depth"), min_size_px=16, checkpoint_mb=37, model_mb=13),
     # torchvision's Inception v3 refuses inputs under 75 px (its stem shrinks 75 px to 1x1);
     # its blocks are Mixed_5b .. Mixed_7c.
     *_backbone("inception", "inception_v3", 75, "Inception_V3_Weights.IMAGENET1K_V1",
-               "inception_v3_google-0cc3c7bd.pth", blocks=11, checkpoint_mb=(3.2, 157)),
+               "inception_v3_google-0cc3c7bd.pth", blocks=11, checkpoint_mb=(3.2, 157),
+               model_mb=109),
     # ResNet-50's 16 bottleneck blocks, EfficientNet-B0's 16 MBConv blocks and its last 1x1 conv;
     # both shrink the input 32x, so 32 px leaves one pixel of features.
     *_backbone("resnet50", "resnet50", 32, "ResNet50_Weights.IMAGENET1K_V2", "resnet50-11ad3fa6.pth", blocks=16,
-               checkpoint_mb=(3.2, 183)),
+               checkpoint_mb=(3.2, 183), model_mb=103),
     *_backbone("efficientnet_b0", "efficientnet_b0", 32, "EfficientNet_B0_Weights.IMAGENET1K_V1",
-               "efficientnet_b0_rwightman-7f5810bc.pth", blocks=17, checkpoint_mb=(2.0, 23)),
+               "efficientnet_b0_rwightman-7f5810bc.pth", blocks=17, checkpoint_mb=(2.0, 23),
+               model_mb=22),
 )}
 
 # Always in the default space: the tutorials' architectures. The other backbones join it only

@@ -234,7 +234,8 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
                                  hp.lr, hp.momentum)
     first_epoch, train_time_s = 1, 0.0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:  # an ended trial's kept checkpoint leaves it out (search/driver/retention.py)
+            optimizer.load_state_dict(state["optimizer"])
         first_epoch, train_time_s = state["epoch"] + 1, state["train_time_s"]
     started = time.perf_counter()
     features, shared = (_features(model, data, hp, device, seed, share_features, data_key, frozen)

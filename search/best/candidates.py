@@ -19,7 +19,6 @@ from search.best.onnx import export_onnx
 from trainables.hparams import HParams
 from trainables.models import create_model, graph_key
 
-TOP_K = 5
 # The exported model gets `serving.BUDGET_S` per measurement; a candidate only needs its p50
 # to rank against the others, which 1 s of batch-1 runs gives for models up to ~100 ms (and
 # at least one run beyond), so 5 distinct graphs add ~10 s of timing to an export, not 40.

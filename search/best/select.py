@@ -9,6 +9,7 @@ A pure function of its inputs: `search.finish` measures, this decides.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 # Objectives are averages over a few hundred images stored as floats: 0.75 - 0.74 is
 # 0.010000000000000009, which must still count as within 0.01.
 SLACK = 1e-9
+TOP_K = 5  # the leaderboard's top trials a rule other than "accuracy" chooses among
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,30 @@ def choose(candidates: Sequence[Candidate], rule: str, tolerance: float | None, 
 
 def _figures(candidate: Candidate, objective: str) -> str:
     return f"{objective} {candidate.objective:.4g}, batch-1 p50 {candidate.batch1_p50_ms:.3g} ms"
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Which ended trials `Experiment.select` could still export: those with fewer than `top_k`
+    strictly better, and (`within`) not more than that far from the best. An ended trial's
+    objective is final and a running trial's only improves: one out of reach stays out."""
+
+    top_k: int
+    within: float | None = None
+
+
+def reach(tolerance: float | None) -> Reach:
+    """The reach of `Experiment.select`: "accuracy" (`tolerance` None) exports the best trial;
+    "fastest_within=D" one of the top `TOP_K` within D of the best."""
+    return Reach(1) if tolerance is None else Reach(TOP_K, tolerance)
+
+
+def exportable(values: dict[str, float], mode: str, rule: Reach) -> set[str]:
+    """The ended trials (id -> objective) that `rule` could still export."""
+    if not values:
+        return set()
+    sign = 1.0 if mode == "max" else -1.0
+    ranked = sorted(sign * v for v in values.values())
+    return {trial_id for trial_id, value in values.items()
+            if len(ranked) - bisect.bisect_right(ranked, sign * value) < rule.top_k
+            and (rule.within is None or ranked[-1] - sign * value <= rule.within + SLACK)}

@@ -20,6 +20,7 @@ from ray import tune
 from search.driver import tune_setup as tuning
 from search.driver.ending import BudgetStopper, EndRule
 from search.driver.placement_groups import PlacementGroupReaper, remove_kept_groups
+from search.driver.retention import KeepExportable, Retention
 from search.driver.study import finished_values, load
 from search.driver.study_searcher import study_of
 from search.driver.tune_state_copy import KeepStateCopy, repair
@@ -71,15 +72,21 @@ def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: 
                    mode=experiment.mode, budget_s=budget.time)
     trainable = tuning.trainable(experiment, output, arrays, the_plan, on_epoch, data_key)
     bind(tuning.study_url(output.local), rule)  # the study of this OUT, wherever it was when the search began
+    retention = None
+    if experiment.checkpoints == "exportable":
+        retention = Retention.of(experiment, output, tuning.study_url(output.local))
     try:
-        return _rounds(experiment, output, the_plan, trainable, rule, resume, stopped, warm_start, callbacks)
+        return _rounds(experiment, output, the_plan, trainable, rule, resume, stopped, warm_start, callbacks,
+                       retention)
     finally:
         bind(None)  # this search's rule ends with it (a process may run another search after it)
+        if retention is not None:
+            retention.sweep(final=True)
 
 
 def _rounds(experiment: Experiment, output: Output, the_plan: tuning.Plan, trainable: tune.Trainable,
             rule: EndRule, resume: bool, stopped: Callable[[], bool], warm_start: Path | None,
-            callbacks: Sequence[tune.Callback]) -> Outcome:
+            callbacks: Sequence[tune.Callback], retention: Retention | None) -> Outcome:
     budget = experiment.budget
     outcome = Outcome()
     if resume:
@@ -104,7 +111,7 @@ def _rounds(experiment: Experiment, output: Output, the_plan: tuning.Plan, train
                            warm_start=None if done else warm_start)
         done = [*done, round_dir(len(done) + 1)]
     while True:
-        grid, outcome.disk_full = _fit(tuner, experiment, output, rule, callbacks, done[-1])
+        grid, outcome.disk_full = _fit(tuner, experiment, output, rule, callbacks, done[-1], retention)
         outcome.grids.append(grid)
         if outcome.disk_full or stopped() or rule.ended_by:
             break
@@ -164,8 +171,9 @@ class UploadStudy(tune.Callback):
 
 
 def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output, rule: EndRule,
-         callbacks: Sequence[tune.Callback] = (), name: str | None = None) -> tuple[tune.ResultGrid, DiskFull | None]:
-    """Run the round `name` (its folder in OUT) with this run's callbacks."""
+         callbacks: Sequence[tune.Callback] = (), name: str | None = None,
+         retention: Retention | None = None) -> tuple[tune.ResultGrid, DiskFull | None]:
+    """Run the round `name` (its folder in OUT) with this run's callbacks (and `retention`'s)."""
     disk_full = tuning.StopWhenDiskFull(experiment, output)
     run_config = tune_files.run_config_of(tuner)
     if run_config is not None:  # none under Ray Client: the search runs on the cluster
@@ -173,7 +181,8 @@ def _fit(tuner: tune.Tuner, experiment: Experiment, output: Output, rule: EndRul
         # --resume they must act on this run's OUT and budget (Tuner.restore takes neither).
         keep = [KeepStateCopy(output.local / name)] if name and not output.remote else []
         upload = [UploadStudy(output)] if output.remote else []
-        run_config.callbacks.extend([disk_full, *keep, *upload, *callbacks])
+        retain = [KeepExportable(retention)] if retention is not None else []
+        run_config.callbacks.extend([disk_full, *keep, *upload, *retain, *callbacks])
         if rule.time_s is not None:
             run_config.stop = BudgetStopper(rule)
     elif callbacks:

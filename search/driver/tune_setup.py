@@ -35,7 +35,7 @@ from search.state.names import STUDY_FILE, TRAIN_DIR, TUNE_DIR
 from search.state.storage import Output
 from search.trial.checkpoints import remove_unregistered_checkpoints
 from search.trial.driver import run_trial
-from search.trial.settings import EpochHook, TrialSettings, best_metric, train_run_name
+from search.trial.settings import KEEP_CHECKPOINTS, EpochHook, TrialSettings, best_metric, train_run_name
 from trainables.data import ArrayData
 
 if TYPE_CHECKING:
@@ -208,7 +208,8 @@ def trainable(experiment: Experiment, output: Output, arrays: ArrayData, the_pla
         max_epochs=experiment.budget.max_epochs, seed=experiment.seed, workers=res.workers,
         cpus_per_worker=res.cpus_per_worker, gpus_per_worker=the_plan.gpus_per_worker,
         objective=experiment.objective, mode=experiment.mode, study_name=experiment.name, on_epoch=on_epoch,
-        features=features, data_key=data_key, fast_path=the_plan.fast_path)
+        features=features, data_key=data_key, fast_path=the_plan.fast_path,
+        keep_checkpoints=KEEP_CHECKPOINTS if experiment.checkpoints == "exportable" else None)
     return tune.with_resources(tune.with_parameters(run_trial, settings=settings), DRIVER_RESOURCES)
 
 

@@ -192,6 +192,10 @@ class Experiment:
     # Which trial is exported: "accuracy", the best objective; "fastest_within=D", the lowest
     # measured batch-1 latency among the top trials whose objective is within D of the best.
     select: str = "accuracy"
+    # Which checkpoints the search keeps: "exportable", a running trial its best and latest, an
+    # ended one its best only while it could still be exported (search/driver/retention.py);
+    # "all", every epoch's of every trial.
+    checkpoints: Literal["exportable", "all"] = "exportable"
 
     def __post_init__(self) -> None:
         require("Experiment.name", self.name, bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name)),
@@ -212,6 +216,8 @@ class Experiment:
         for i, recipe in enumerate(self.recipes):
             self._check_recipe(f"Experiment.recipes[{i}]", recipe)
         select_tolerance(self.select)
+        require("Experiment.checkpoints", self.checkpoints, self.checkpoints in ("exportable", "all"),
+                "'exportable' (an ended trial keeps its best checkpoint while it could be exported) or 'all'")
 
     def _check_recipe(self, field: str, recipe: Mapping[str, Any]) -> None:
         """A recipe's values must lie in the searched domains (else the search could never compare

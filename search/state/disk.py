@@ -1,9 +1,10 @@
 """Disk space: what a search will write, a warning when OUT's filesystem lacks it, and a full
 disk (or a spent quota) told as one line naming where, instead of failed trials and a traceback.
 
-A search's bulk is its checkpoints: each trial keeps its `KEEP_CHECKPOINTS` best and its
-latest, each at most its architecture's `checkpoint_mb` (`trainables.archs`), and `best/`
-holds one more model. Ray-free: the driver warns before Ray starts.
+A search's bulk is its checkpoints: each running trial keeps its best and its latest, an
+ended one its best while `Experiment.select` could export it (`search.driver.retention`), each
+at most its architecture's `checkpoint_mb` (`trainables.archs`); `best/` holds the whole
+model twice. Ray-free: the driver warns before Ray starts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.best.select import reach
 from search.experiment.spec import Experiment
 from search.state.names import BEST_DIR, REPORT_HTML, STATE_FILE, TRAIN_DIR, is_ray_dir
 from search.state.storage import Output
@@ -61,30 +63,42 @@ def text_reason(text: str) -> str | None:
 
 @dataclass(frozen=True)
 class Estimate:
-    """At most what a search's checkpoints and `best/` take: `checkpoints` per trial (one an
-    epoch, at most the best ones and the latest) and one more model, of up to `checkpoint_mb` each."""
+    """At most what a search keeps at once (`search.driver.retention`): `running` trials at once,
+    `per_running` checkpoints each (their best and latest; every epoch's with
+    `Experiment.checkpoints="all"`, where every trial counts as running), the best checkpoint
+    of `ended` trials in reach of `Experiment.select`, all of up to `checkpoint_mb`; and `best/`,
+    the whole model twice (model.pt and model.onnx) of up to `model_mb`."""
 
-    trials: int
-    checkpoints: int
+    running: int
+    per_running: int
+    ended: int
     checkpoint_mb: float
+    model_mb: float
     arch: str
 
     @property
     def total_mb(self) -> float:
-        return (self.trials * self.checkpoints + 1) * self.checkpoint_mb
+        return (self.running * self.per_running + self.ended) * self.checkpoint_mb + 2 * self.model_mb
 
     def __str__(self) -> str:
-        return (f"{self.trials} trials x {self.checkpoints} checkpoints, and best/, of up to "
-                f"{self.checkpoint_mb:.3g} MB each ({self.arch})")
+        ended = f" and the best of {self.ended} ended trials" if self.ended else ""
+        return (f"{self.running} trials x {self.per_running} checkpoints{ended}, of up to "
+                f"{self.checkpoint_mb:.3g} MB each, and best/ ({self.arch})")
 
 
-def estimate(experiment: Experiment, checkpoint_mb: float | None = None) -> Estimate:
-    """The search's estimate from its largest architecture's figure, or from `checkpoint_mb`
-    where one of its checkpoints was measured."""
+def estimate(experiment: Experiment, checkpoint_mb: float | None = None, concurrency: int | None = None) -> Estimate:
+    """The search's estimate from its largest architecture's figures, or from `checkpoint_mb`
+    where one of its checkpoints was measured. `concurrency`: trials at once, where known
+    (else the experiment's, or what this machine's cores fit)."""
     arch = max(experiment.space.archs(), key=lambda name: ARCHS[name].checkpoint_mb)
-    budget = experiment.budget
-    return Estimate(budget.trials, min(KEEP_CHECKPOINTS + 1, budget.max_epochs),
-                    checkpoint_mb or ARCHS[arch].checkpoint_mb, arch)
+    budget, res = experiment.budget, experiment.resources
+    size, model = checkpoint_mb or ARCHS[arch].checkpoint_mb, ARCHS[arch].model_mb
+    if experiment.checkpoints == "all":
+        return Estimate(budget.trials, budget.max_epochs, 0, size, model, arch)
+    fits = int((os.cpu_count() or 1) // max(res.workers * res.cpus_per_worker, 1e-9)) or 1
+    running = min(budget.trials, concurrency or experiment.concurrency or fits)
+    ended = min(budget.trials, reach(experiment.tolerance).top_k)
+    return Estimate(running, min(KEEP_CHECKPOINTS + 1, budget.max_epochs), ended, size, model, arch)
 
 
 def free_mb(path: str | Path) -> float:

@@ -35,7 +35,7 @@ State = Literal["running", "finished", "interrupted", "failed"]
 # What may differ between a search and its --resume: none changes what a trial computes
 # (test_time_augmentation and select act at export only).
 MAY_CHANGE = {"data", "generate", "concurrency", "resources", "budget.trials", "budget.time",
-              "budget.stop_when_stalled", "test_time_augmentation", "select"}
+              "budget.stop_when_stalled", "test_time_augmentation", "select", "checkpoints"}
 
 
 @contextmanager

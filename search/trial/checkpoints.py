@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 from collections.abc import Iterator
@@ -43,6 +44,48 @@ def full_disk_marked(study_name: str, trial_id: str) -> Iterator[None]:
         if reason:
             markers.mark_disk_full(study_name, trial_id, reason)
         raise
+
+
+def kept_checkpoints(filesystem: Any, train_path: str) -> set[str]:
+    """The checkpoints under `train_path` (OUT/train in `filesystem`, pyarrow's) as
+    "train-<trial id>/epoch-NNNN", in one listing: those an ended trial no longer needed were
+    freed (search/driver/retention.py)."""
+    import pyarrow.fs as pafs
+
+    selector = pafs.FileSelector(train_path, recursive=True, allow_not_found=True)
+    prefix = train_path.rstrip("/") + "/"
+    inside = (info.path[len(prefix):] for info in filesystem.get_file_info(selector)
+              if info.type == pafs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX))
+    return {path for path in inside if path.count("/") == 1}
+
+
+def checkpoint_key(reported: str) -> str:
+    """A reported checkpoint path as `kept_checkpoints` names it."""
+    return "/".join(reported.rstrip("/").split("/")[-2:])
+
+
+def slim_checkpoint(filesystem: Any, folder: str) -> int:
+    """Rewrite the checkpoint in `folder` (of `filesystem`, pyarrow's) without its optimizer's
+    state, which only a resume needs: an ended trial's kept checkpoint is exported, never
+    resumed. Returns the bytes it saved. The new file replaces the old one whole (a move), so a
+    kill midway leaves one or the other."""
+    import torch
+
+    from trainables.state import save_checkpoint
+
+    path = f"{folder}/{STATE_FILE}"
+    with filesystem.open_input_stream(path) as stream:
+        data = stream.read()
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if state.pop("optimizer", None) is None:
+        return 0
+    buffer = io.BytesIO()
+    save_checkpoint(state, buffer)
+    slim = f"{path}.slim"
+    with filesystem.open_output_stream(slim) as stream:
+        stream.write(buffer.getbuffer())
+    filesystem.move(slim, path)
+    return len(data) - buffer.tell()
 
 
 def write_checkpoint(filesystem: Any, folder: str, data: memoryview, local: bool) -> None:

@@ -16,7 +16,8 @@ NOTE_KEY = "note"
 # results over to Ray), sent with every report: the cost of a report, measured where it is paid.
 REPORT_S_KEY = "report_s"
 BATCH_SIZE_KEY = "batch_size"  # the batch size a checkpoint was trained with (`trainables.loop.fit`)
-KEEP_CHECKPOINTS = 2  # the best ones by the objective; Ray Train keeps the latest besides
+# A running trial's best checkpoint by the objective; Ray Train keeps the latest besides (None: all).
+KEEP_CHECKPOINTS = 1
 CHECKPOINT_PREFIX = "epoch-"  # a checkpoint's folder: epoch-0001, ...
 # Called in the worker after every epoch, before its report: a test hands one in to make a
 # trial fail at a chosen moment (the service itself passes none).
@@ -45,7 +46,7 @@ class TrialSettings:
     study_name: str
     features: Any = None  # the search's `search.driver.feature_store.FeatureStore`, where frozen features are shared
     data_key: str = ""  # the data's fingerprint: part of what names shared features
-    keep_checkpoints: int = KEEP_CHECKPOINTS
+    keep_checkpoints: int | None = KEEP_CHECKPOINTS
     # retries after a dead worker or node (search/trial/failures.py), each from the last checkpoint
     max_failures: int = 2
     on_epoch: EpochHook | None = None

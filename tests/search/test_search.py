@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from search import load_best
 from search.report.__main__ import main as report_main
@@ -211,4 +212,22 @@ def test_the_files_the_seam_reads_are_where_and_as_ray_wrote_them(asha_run) -> N
     for run in runs:
         registered = registered_checkpoints(run)
         assert registered, f"{run}: no record of its checkpoints the seam can read"
-        assert registered <= {p.name for p in run.glob("epoch-*")}
+        # the ended trials' checkpoints out of reach of select= are freed (search/driver/retention.py)
+        assert {p.name for p in run.glob("epoch-*")} <= registered
+
+
+def test_an_ended_trial_keeps_its_best_checkpoint_only_while_select_could_export_it(asha_run) -> None:
+    """select="fastest_within=10" chooses among the top 5 (all within 10 of the best val_loss): they
+    keep their best epoch's checkpoint, slimmed of Adam's state; the 6th keeps none."""
+    _, out = asha_run
+    report = pd.read_csv(out / "report.csv", dtype={"trial_id": str})  # best first
+    for rank, trial_id in enumerate(report["trial_id"]):
+        results = [json.loads(line) for path in out.glob(f"tune/run_trial_{trial_id}_*/result.json")
+                   for line in path.read_text().splitlines() if line.strip()]
+        best = max(results, key=lambda r: (-r["val_loss"], r["epoch"]))  # the latest on ties, as Ray Train
+        kept = sorted((out / "train" / f"train-{trial_id}").glob("epoch-*"))
+        if rank < 5:
+            assert [k.name for k in kept] == [f"epoch-{best['epoch']:04d}"], (rank, results)
+            assert "optimizer" not in torch.load(kept[0] / "state.pt", weights_only=True)
+        else:
+            assert kept == [], rank

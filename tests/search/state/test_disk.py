@@ -22,26 +22,39 @@ from tests.conftest import tiny_experiment
 from tests.search.test_cli import run_cli
 
 
-def test_the_estimate_is_trials_times_checkpoints_of_the_largest_architecture() -> None:
-    small = Experiment(name="x", data="d", space=Space(arch="small_cnn"), budget=Budget(trials=4, max_epochs=10))
-    assert (small.budget.trials, disk.estimate(small).checkpoints) == (4, 3)  # 2 best and the latest
-    assert disk.estimate(small).total_mb == pytest.approx((4 * 3 + 1) * 37)  # and best/
+def test_the_estimate_counts_what_the_search_keeps_at_once_at_the_largest_architecture() -> None:
+    small = Experiment(name="x", data="d", space=Space(arch="small_cnn"), budget=Budget(trials=4, max_epochs=10),
+                       concurrency=2)
+    estimate = disk.estimate(small)
+    # 2 running trials x (best + latest), the best of the 1 ended trial select="accuracy" could export,
+    # and best/: the whole model as model.pt and model.onnx.
+    assert (estimate.running, estimate.per_running, estimate.ended) == (2, 2, 1)
+    assert estimate.total_mb == pytest.approx((2 * 2 + 1) * 37 + 2 * 13)
+    assert disk.estimate(small, concurrency=1).running == 1  # the plan's figure, where known, wins
+    within = Experiment(name="x", data="d", space=Space(arch="small_cnn"), budget=Budget(trials=8, max_epochs=10),
+                        concurrency=2, select="fastest_within=0.01")
+    assert disk.estimate(within).ended == 5  # the top 5 the rule chooses among
+    every = Experiment(name="x", data="d", space=Space(arch="small_cnn"), budget=Budget(trials=4, max_epochs=10),
+                       checkpoints="all")
+    assert disk.estimate(every).total_mb == pytest.approx(4 * 10 * 37 + 2 * 13)
     mixed = Experiment(name="x", data="d", image_size_px=80,
                        space=Space(arch=Choice("small_cnn", "inception_frozen", "inception_partial")),
-                       budget=Budget(trials=2, max_epochs=1, grace_period_epochs=1))
+                       budget=Budget(trials=2, max_epochs=1, grace_period_epochs=1), concurrency=2)
     estimate = disk.estimate(mixed)
-    assert (estimate.arch, estimate.checkpoints, estimate.total_mb) == ("inception_partial", 1, 3 * 157)
-    assert disk.estimate(mixed, checkpoint_mb=2.0).total_mb == 6.0  # a measured checkpoint replaces the figure
+    assert (estimate.arch, estimate.per_running, estimate.total_mb) == ("inception_partial", 1, 3 * 157 + 2 * 109)
+    assert disk.estimate(mixed, checkpoint_mb=2.0).total_mb == 6.0 + 2 * 109  # a measured checkpoint counts
 
 
 def test_low_space_is_warned_from_the_real_free_space(small_disks, tmp_path: Path) -> None:
-    experiment = Experiment(name="x", data="d", space=Space(arch="small_cnn"), budget=Budget(trials=3, max_epochs=2))
+    experiment = Experiment(name="x", data="d", space=Space(arch="small_cnn"), budget=Budget(trials=3, max_epochs=2),
+                            concurrency=3)
     out = small_disks.mount("1M") / "out"
     warning = disk.low_space_warning(experiment, out)
     assert warning is not None and "\n" not in warning
     assert warning.startswith(f"warning: low disk space: {out} has 1 MB free")
-    assert "up to 259 MB (3 trials x 2 checkpoints, and best/, of up to 37 MB each (small_cnn))" in warning
-    assert disk.low_space_warning(experiment, tmp_path) is None  # the test machine's disk has 259 MB
+    assert ("up to 285 MB (3 trials x 2 checkpoints and the best of 1 ended trials, of up to 37 MB each, "
+            "and best/ (small_cnn))") in warning
+    assert disk.low_space_warning(experiment, tmp_path) is None  # the test machine's disk has 285 MB
 
 
 @pytest.mark.parametrize("error, reason", [
@@ -94,8 +107,9 @@ def test_check_warns_of_low_disk_space_in_one_line(small_disks, coats: Path, tmp
     proc = run_cli(str(experiment), "--check", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
-        f"warning: low disk space: {out} has 1 MB free, and this search may write up to 185 MB (2 trials x 2 "
-        "checkpoints, and best/, of up to 37 MB each (small_cnn)); when the disk fills, the search stops with an error"]
+        f"warning: low disk space: {out} has 1 MB free, and this search may write up to 211 MB (2 trials x 2 "
+        "checkpoints and the best of 1 ended trials, of up to 37 MB each, and best/ (small_cnn)); when the disk "
+        "fills, the search stops with an error"]
 
 
 def assert_disk_full(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -128,7 +142,9 @@ def test_a_full_cache_disk_is_one_line_exit_74_and_no_half_written_cache(small_d
 
 
 WIDE_CNN = 64, 4  # 36.7 MB per checkpoint (Adam's state included), 24.5 MB for best/ and ~1 MB of report
-DISK = "100M"  # 104.9 MB: trial 1's two checkpoints (73.5 MB), then 30.8 MB free: the report fits, a checkpoint not
+# Every checkpoint kept (Experiment.checkpoints="all"): 104.9 MB holds trial 1's two checkpoints (73.5 MB),
+# then 30.8 MB free: the report fits, a checkpoint not.
+DISK = "100M"
 
 
 @pytest.mark.slow
@@ -138,7 +154,8 @@ def test_a_search_that_fills_the_disk_stops_in_one_line_keeps_what_finished_and_
     out = drive / "out"
     experiment = tiny_experiment(tmp_path, coats, trials=2, epochs=2)
     experiment.write_text(experiment.read_text().replace("cnn_width=8, cnn_depth=2",
-                                                         "cnn_width={}, cnn_depth={}".format(*WIDE_CNN)))
+                                                         "cnn_width={}, cnn_depth={}".format(*WIDE_CNN))
+                          .replace('name="tiny",', 'name="tiny",\ncheckpoints="all",'))
     command = [str(experiment), "--out", str(out), "--concurrency", "1", "--seed", "1"]
     proc = run_cli(*command, cwd=tmp_path)
     assert any(line.startswith(f"warning: low disk space: {out} has 105 MB free")
@@ -148,7 +165,8 @@ def test_a_search_that_fills_the_disk_stops_in_one_line_keeps_what_finished_and_
     first, second = (report[report["trial_number"] == n].iloc[0] for n in (1, 2))
     line = assert_disk_full(proc, f"disk full: No space left on device writing {out / 'train' / 'train-'}"
                                   f"{second['trial_id']} (",
-                            "the search needs about 86 MB more",  # trial 2's 2 checkpoints, and best/ again
+                            # 2 trials x 2 epochs, 36.7 MB each, and best/ (2 x 13 MB), less what is there
+                            "the search needs about 75 MB more",
                             f"the report of what finished is in {out / 'report.html'}",
                             f"then continue with: python -m search.run {' '.join(command)} --resume")
     assert "MB free there)" in line
