@@ -200,7 +200,7 @@ def _prepare(experiment: Experiment, args: argparse.Namespace, output: Output) -
     if count:
         print(f"Freed {count} least recently used decoded caches ({freed_bytes / 1e6:.1f} MB) in {cache.path.parent} "
               f"to keep it under --cache-max {args.cache_max}", flush=True)
-    arrays = data.load(cache.path)
+    arrays = data.load(cache.path, folder)
     how = "reused the decoded cache" if cache.reused else "decoded into the cache"
     print(data.summary(arrays, folder) + f"\n  ({how} {cache.path} in {time.perf_counter() - started:.1f} s)",
           flush=True)

@@ -29,7 +29,7 @@ __all__ = ["ArrayData", "DataError", "Prepared", "Split", "decode", "evict", "fi
            "stratified_split", "summary"]
 
 # Bump when decoding changes, so caches built by older code are not reused.
-CACHE_VERSION = "4"
+CACHE_VERSION = "5"
 SHOWN_SKIPPED = 10
 MIN_IMAGES_PER_CLASS = 2
 CACHE_ENV = "IMAGESEARCH_CACHE"
@@ -135,19 +135,26 @@ def _hashes(found: Scan, skipped: list[tuple[str, str]]) -> dict[Path, str]:
     return hashes
 
 
-def _fingerprint(found: Scan, hashes: dict[Path, str], skipped: list[tuple[str, str]], size_px: int,
+def _fingerprint(root: Path, found: Scan, hashes: dict[Path, str], skipped: list[tuple[str, str]], size_px: int,
                  val_fraction: float, seed: int) -> str:
-    # Content and paths, not modification times: a touched folder keeps its cache, an edited
-    # picture gets a new one, and so does a moved folder (the cache stores the paths, which the
-    # reports name). Hashing is ~100x cheaper than decoding.
+    # Content and paths inside the folder, not modification times nor where the folder lies: a
+    # touched folder keeps its cache, an edited picture gets a new one, a moved or renamed folder
+    # with the same files keeps it (`load` names the paths where the folder is now). Hashing is
+    # ~100x cheaper than decoding.
     digest = hashlib.sha256(f"{CACHE_VERSION}|{size_px}|{val_fraction}|{seed}".encode())
     for split, items in found.files.items():
         for path, label in items:
             if path in hashes:
-                digest.update(f"{split}|{path}|{label}|{hashes[path]}\n".encode())
-    digest.update(repr(found.ignored).encode())
-    digest.update(repr(skipped).encode())
+                digest.update(f"{split}|{_inside(path, root)}|{label}|{hashes[path]}\n".encode())
+    for listed in (found.ignored, skipped):
+        digest.update(repr([(_inside(path, root), reason) for path, reason in listed]).encode())
     return digest.hexdigest()[:16]
+
+
+def _inside(path: str | Path, root: str | Path) -> str:
+    """`path` relative to `root` where it lies inside it (as scanned), else as it is."""
+    relative = os.path.relpath(path, root)
+    return str(path) if relative.startswith(os.pardir) else relative
 
 
 def _check_counts(root: Path, classes: tuple[str, ...], split: str, labels: np.ndarray, noun: str) -> None:
@@ -169,7 +176,7 @@ def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir:
                       "image files")
     skipped: list[tuple[str, str]] = []
     hashes = _hashes(found, skipped)
-    fingerprint = _fingerprint(found, hashes, skipped, size_px, val_fraction, seed)
+    fingerprint = _fingerprint(root, found, hashes, skipped, size_px, val_fraction, seed)
     cache = Path(cache_dir or default_cache_dir()) / f"arrays-{fingerprint}.npz"
     if cache.exists():
         with contextlib.suppress(OSError):  # a use counts as recent for `evict`; another user's file may refuse
@@ -188,7 +195,7 @@ def prepare(root: Path, size_px: int, val_fraction: float, seed: int, cache_dir:
     tmp = cache.with_suffix(f".tmp-{os.getpid()}.npz")
     paths = np.asarray(train_all.paths)
     try:
-        np.savez(tmp, classes=np.asarray(classes),
+        np.savez(tmp, classes=np.asarray(classes), root=np.asarray(str(root)),
                  train_images=train_all.images[train_idx], train_labels=train_all.labels[train_idx],
                  train_paths=paths[train_idx] if len(paths) else paths,
                  val_images=train_all.images[val_idx], val_labels=train_all.labels[val_idx],
@@ -226,12 +233,19 @@ def evict(keep: Path, max_bytes: int) -> tuple[int, int]:
     return count, freed
 
 
-def load(cache: Path) -> ArrayData:
-    """Read a cache written by `prepare`."""
+def load(cache: Path, root: str | Path | None = None) -> ArrayData:
+    """Read a cache written by `prepare`; with `root` (the folder it was prepared from), the
+    paths it names are where that folder is now: it may have been moved since the cache was made."""
     with np.load(cache, allow_pickle=False) as z:
-        splits = {name: Split(z[f"{name}_images"], z[f"{name}_labels"], tuple(z[f"{name}_paths"].tolist()))
-                  for name in ("train", "val", "test")}
-        skipped, ignored = (tuple((path, reason) for path, reason in z[key].tolist()) for key in ("skipped", "ignored"))
+        made_in = str(z["root"])
+
+        def here(path: str) -> str:
+            return path if root is None else os.path.join(root, _inside(path, made_in))
+
+        splits = {name: Split(z[f"{name}_images"], z[f"{name}_labels"],
+                              tuple(here(p) for p in z[f"{name}_paths"].tolist())) for name in ("train", "val", "test")}
+        skipped, ignored = (tuple((here(path), reason) for path, reason in z[key].tolist())
+                            for key in ("skipped", "ignored"))
         return ArrayData(classes=tuple(z["classes"].tolist()), skipped=skipped, ignored=ignored, **splits)
 
 

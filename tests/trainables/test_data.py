@@ -91,6 +91,21 @@ def test_prepare_decodes_once_and_rebuilds_when_a_file_changes(tmp_path: Path) -
     assert data.prepare(root, 16, 0.3, 0, tmp_path / "cache").path not in (first.path, changed.path)
 
 
+def test_a_moved_or_renamed_folder_with_the_same_files_reuses_its_cache_under_its_new_paths(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d")
+    first = data.prepare(root, 16, 0.2, 0, tmp_path / "cache")
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    root.rename(moved)
+    again = data.prepare(moved, 16, 0.2, 0, tmp_path / "cache")
+    assert again == data.Prepared(first.path, reused=True)
+    arrays = data.load(again.path, moved)
+    for split in (arrays.train, arrays.val, arrays.test):
+        assert split.paths and all(Path(p).is_file() and Path(p).is_relative_to(moved) for p in split.paths)
+    (moved / "train" / "a" / "0.png").rename(moved / "train" / "a" / "zero.png")  # another file name: decoded again
+    assert data.prepare(moved, 16, 0.2, 0, tmp_path / "cache").path != first.path
+
+
 def test_the_cache_folder_defaults_to_the_environment_then_the_user_cache(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "shared"))
     root = make_folder(tmp_path / "d")
