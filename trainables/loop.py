@@ -31,12 +31,17 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 EVAL_BATCH = 128
 
-# A frozen backbone's features as plain arrays: train [views, N, D] and val [N, D] as float32,
-# and the dtype they were computed in (bfloat16 under a GPU's autocast, float32 on a CPU).
-FeatureArrays = tuple[np.ndarray, np.ndarray, str]
-# share(key, compute) -> (the arrays, whether another run computed them): runs with the same
-# key (same frozen backbone, data, views and device) get one computation (search/driver/feature_store.py).
-ShareFeatures = Callable[[str, Callable[[], FeatureArrays]], tuple[FeatureArrays, bool]]
+# A frozen backbone's features are computed in parts of this many images (a view of the train
+# images, or the val images, cut in pieces): runs that need the same features share the parts out,
+# each on its own cores (search/driver/feature_store.py). A part takes ~10 s on a CPU core at 299 px.
+FEATURE_PART_IMAGES = 2 * EVAL_BATCH
+# One part's features as a plain float32 array [n, D], and the dtype they were computed in
+# (bfloat16 under a GPU's autocast, float32 on a CPU).
+PartArrays = tuple[np.ndarray, str]
+# share(key, count, compute) -> (the `count` parts in order, how many this run computed): runs
+# with the same key (same frozen backbone, data, views and device) compute each part once, side
+# by side, `compute(index)` being one part (search/driver/feature_store.py).
+ShareFeatures = Callable[[str, int, Callable[[int], PartArrays]], tuple[list[PartArrays], int]]
 # report(metrics, state): metrics of the epoch just finished; state (`trainables.state.checkpoint`) resumes the run.
 LAST_METRICS = "metrics"  # a checkpoint's copy of what its epoch reported
 ReportFn = Callable[[dict[str, float], dict[str, Any]], None]
@@ -131,23 +136,58 @@ class FeatureCache:
         views = torch.as_tensor(rng.integers(len(self.train), size=len(idx)), device=self.train.device)
         return self.train[views, torch.as_tensor(idx, device=self.train.device)]
 
-    def to_arrays(self) -> FeatureArrays:
-        """As arrays another process can use (float32 holds a bfloat16 exactly)."""
-        return (self.train.float().cpu().numpy(), self.val.float().cpu().numpy(),
-                str(self.train.dtype).removeprefix("torch."))
-
-    @classmethod
-    def from_arrays(cls, arrays: FeatureArrays, device: torch.device) -> FeatureCache:
-        train, val, dtype = arrays
-        as_tensor = lambda a: torch.from_numpy(np.array(a)).to(device, getattr(torch, dtype))  # noqa: E731 - a copy
-        return cls(as_tensor(train), as_tensor(val))
-
     @torch.no_grad()
     def evaluate(self, model: BackboneClassifier, labels: np.ndarray) -> tuple[float, float]:
         """(loss, accuracy) of `model` on the val images: its head on their cached features."""
         model.eval()
         with _autocast(self.val.device):
             return _loss_and_accuracy(model.head(self.val).float().cpu(), labels)
+
+
+@dataclass(frozen=True)
+class FeaturePart:
+    """Images [start, stop) of the val split, or of the train split's view `view`."""
+
+    split: str
+    view: int
+    start: int
+    stop: int
+
+
+def feature_parts(train: int, val: int, views: int, size: int = FEATURE_PART_IMAGES) -> list[FeaturePart]:
+    """The parts of a backbone pass over `views` views of `train` images and over `val` images."""
+    return [*(FeaturePart("train", view, start, min(start + size, train))
+              for view in range(views) for start in range(0, train, size)),
+            *(FeaturePart("val", 0, start, min(start + size, val)) for start in range(0, val, size))]
+
+
+@torch.no_grad()
+def part_features(backbone: nn.Module, data: ArrayData, hp: HParams, device: torch.device, seed: int,
+                  part: FeaturePart) -> PartArrays:
+    """The backbone's outputs for one part's images, augmented for a train view when `hp.augment`
+    with a generator of its own (seed, view, start): every part comes out the same whoever
+    computes it, in whichever order."""
+    images = (data.train if part.split == "train" else data.val).images[part.start:part.stop]
+    generator = None
+    if part.split == "train" and hp.augment:
+        # Never an epoch's augmentation seed (those are small integers: seed and epoch).
+        part_seed = int(np.random.SeedSequence([seed, part.view, part.start, 100_003]).generate_state(1)[0])
+        generator = torch.Generator(device=device).manual_seed(part_seed)
+    outputs = torch.cat(list(_outputs(backbone, images, device, hp.augment if part.split == "train" else 0.0,
+                                      generator)))
+    return outputs.float().cpu().numpy(), str(outputs.dtype).removeprefix("torch.")
+
+
+def assemble(parts: list[FeaturePart], computed: list[PartArrays], views: int, device: torch.device) -> FeatureCache:
+    """The feature cache from every part's features, in the order of `parts`."""
+    def tensor(chunks: list[PartArrays]) -> torch.Tensor:
+        dtype = getattr(torch, chunks[0][1])
+        return torch.cat([torch.from_numpy(np.array(array)) for array, _ in chunks]).to(device, dtype)
+
+    by_part = list(zip(parts, computed))
+    train = torch.stack([tensor([c for p, c in by_part if p.split == "train" and p.view == view])
+                         for view in range(views)])
+    return FeatureCache(train, tensor([c for p, c in by_part if p.split == "val"]))
 
 
 def cache_features(model: nn.Module, data: ArrayData, hp: HParams, device: torch.device,
@@ -158,11 +198,8 @@ def cache_features(model: nn.Module, data: ArrayData, hp: HParams, device: torch
     backbone, views = frozen_backbone(model), _views(hp)
     if backbone is None or views == 0:
         return None
-    # Seeds seed * 100_003 - view are never an epoch's augmentation seed (those add epoch >= 1).
-    generators = [torch.Generator(device=device).manual_seed(seed * 100_003 - view) for view in range(views)]
-    train = torch.stack([torch.cat(list(_outputs(backbone, data.train.images, device, hp.augment, generator)))
-                         for generator in generators])
-    return FeatureCache(train, torch.cat(list(_outputs(backbone, data.val.images, device))))
+    parts = feature_parts(len(data.train.labels), len(data.val.labels), views)
+    return assemble(parts, [part_features(backbone, data, hp, device, seed, part) for part in parts], views, device)
 
 
 def _views(hp: HParams) -> int:
@@ -170,16 +207,20 @@ def _views(hp: HParams) -> int:
 
 
 def _features(model: nn.Module, data: ArrayData, hp: HParams, device: torch.device, seed: int,
-              share: ShareFeatures | None, data_key: str | None, frozen: str) -> tuple[FeatureCache | None, bool]:
-    """`cache_features`, through `share` when given: the features and whether they were shared."""
-    if share is None or not data_key or frozen_backbone(model) is None or _views(hp) == 0:
-        return cache_features(model, data, hp, device, seed), False
+              share: ShareFeatures | None, data_key: str | None, frozen: str) -> tuple[FeatureCache | None, int, int]:
+    """`cache_features`, through `share` when given: the features, how many of their parts
+    this run computed, and of how many."""
+    backbone, views = frozen_backbone(model), _views(hp)
+    if share is None or not data_key or backbone is None or views == 0:
+        features = cache_features(model, data, hp, device, seed)
+        return features, 1, 1
     # What the features depend on: the frozen weights (their sha256 names the backbone), the
-    # images, the views (their augmentation and seeds) and where they are computed.
-    key = hashlib.sha256(repr((frozen, hp.arch, data_key, data.train.images.shape, _views(hp), hp.augment,
-                               seed if hp.augment else None, device.type)).encode()).hexdigest()
-    arrays, shared = share(key, lambda: cache_features(model, data, hp, device, seed).to_arrays())
-    return FeatureCache.from_arrays(arrays, device), shared
+    # images, the views (their augmentation and seeds), the parts and where they are computed.
+    parts = feature_parts(len(data.train.labels), len(data.val.labels), views)
+    key = hashlib.sha256(repr((frozen, hp.arch, data_key, data.train.images.shape, views, hp.augment,
+                               seed if hp.augment else None, device.type, FEATURE_PART_IMAGES)).encode()).hexdigest()
+    computed, mine = share(key, len(parts), lambda index: part_features(backbone, data, hp, device, seed, parts[index]))
+    return assemble(parts, computed, views, device), mine, len(parts)
 
 
 def _shard(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
@@ -218,8 +259,9 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
     A frozen backbone's features are computed once (`cache_features`) and only the head is
     trained and prepared; `feature_cache=False` runs the backbone every epoch instead.
     With `share_features` and `data_key` (the data's fingerprint), runs of one search that need
-    the same features compute them once; each epoch reports `features_s`, the seconds the run
-    spent getting them, and `features_shared`.
+    the same features compute them once, side by side (each a share of the parts); each epoch
+    reports `features_s`, the seconds the run spent getting them, `features_parts`, the share of
+    the pass it computed (0 to 1), and `features_shared`, 1 when it computed none of it.
     `stop`, set from another thread, ends the run before its next batch or validation with
     `Stopped`: its process is free for another run at once (search/seam/kept_workers.py).
     """
@@ -238,8 +280,8 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
             optimizer.load_state_dict(state["optimizer"])
         first_epoch, train_time_s = state["epoch"] + 1, state["train_time_s"]
     started = time.perf_counter()
-    features, shared = (_features(model, data, hp, device, seed, share_features, data_key, frozen)
-                        if feature_cache else (None, False))
+    features, mine, parts = (_features(model, data, hp, device, seed, share_features, data_key, frozen)
+                             if feature_cache else (None, 0, 1))
     features_s = time.perf_counter() - started
     train_time_s += features_s  # the backbone's one pass is part of training's cost
     wrapped = prepare_model(model if features is None else model.head)
@@ -286,7 +328,7 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         metrics = {"epoch": epoch, "train_images": int(seen), "train_loss": loss_sum / seen,
                    "train_acc": correct / seen, "val_loss": val_loss, "val_acc": val_acc, "train_time_s": train_time_s}
         if features is not None:
-            metrics.update(features_s=features_s, features_shared=int(shared))
+            metrics.update(features_s=features_s, features_parts=mine / parts, features_shared=int(mine == 0))
         report(metrics, checkpoint(model, optimizer, frozen, epoch=epoch, train_time_s=train_time_s, seed=seed,
                                    batch_size=batch_size, **{LAST_METRICS: metrics}))
     return model

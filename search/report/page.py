@@ -274,6 +274,7 @@ def _feature_blocks(frame: pd.DataFrame) -> list[Block]:
     rows = frame[frame["features_s"].notna()]
     shared = rows["features_shared"].fillna(0).astype(bool) if "features_shared" in rows else rows["features_s"].isna()
     computed, fetched = rows[~shared], rows[shared]
+    # Trials that waited for the same features computed their parts side by side: all count as computing.
     return [Para(f"Frozen-backbone features (`features_s`): computed by {len(computed)} trial(s) in "
                  f"{computed['features_s'].sum():.1f} s, reused by {len(fetched)} in "
                  f"{fetched['features_s'].sum():.1f} s.")]

@@ -81,7 +81,7 @@ def head_state(result: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def assert_same_metrics(a: list[dict], b: list[dict], tolerance: float) -> None:
     assert [m["epoch"] for m in a] == [m["epoch"] for m in b]
-    how = {"train_time_s", "features_s", "features_shared"}  # how long, and where the features came from
+    how = {"train_time_s", "features_s", "features_parts", "features_shared"}  # how long, where the features came from
     for x, y in zip(a, b):
         assert x.keys() - how == y.keys() - how
         for key in x.keys() - how:
@@ -167,11 +167,11 @@ def test_augmented_views_are_cached_once_and_reused(arrays: data.ArrayData) -> N
 def test_runs_sharing_features_compute_them_once_and_train_as_if_each_had(arrays: data.ArrayData) -> None:
     store: dict[str, Any] = {}
 
-    def share(key: str, compute: Any) -> tuple[Any, bool]:
+    def share(key: str, count: int, compute: Any) -> tuple[Any, int]:
         if key in store:
-            return store[key], True
-        store[key] = compute()
-        return store[key], False
+            return store[key], 0
+        store[key] = [compute(index) for index in range(count)]
+        return store[key], count
 
     alone = run(FROZEN, arrays, epochs=2)
     first = run(FROZEN, arrays, epochs=2, share_features=share, data_key="data-1")

@@ -3,6 +3,7 @@ a claim given up by a stopped trial is taken over, and the store keeps to its si
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -15,61 +16,75 @@ from search.driver import feature_store as features
 from tests.conftest import write_experiment
 
 
-def arrays(fill: float, n: int = 4) -> tuple[np.ndarray, np.ndarray, str]:
-    return np.full((1, n, 8), fill, np.float32), np.full((n, 8), fill, np.float32), "float32"
+def part(fill: float, n: int = 4) -> tuple[np.ndarray, str]:
+    return np.full((n, 8), fill, np.float32), "float32"
 
 
-def test_one_computes_the_others_wait_and_reuse(ray_session) -> None:
+def test_the_runs_waiting_for_one_pass_compute_its_parts_side_by_side_each_part_once(ray_session) -> None:
     store = features.start_store()
     share = features.sharing(store)
-    calls, results = [], []
+    calls: list[tuple[str, int]] = []
+    results: dict[str, tuple[list, int]] = {}
 
-    def slow_compute() -> tuple[np.ndarray, np.ndarray, str]:
-        calls.append(1)
-        time.sleep(1.0)
-        return arrays(1.0)
+    def run(name: str) -> None:
+        def compute(index: int) -> tuple[np.ndarray, str]:
+            calls.append((name, index))
+            time.sleep(0.5)
+            return part(float(index))
 
-    threads = [threading.Thread(target=lambda: results.append(share("k", slow_compute))) for _ in range(3)]
+        results[name] = share("k", 6, compute)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b", "c")]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(calls) == 1 and sorted(shared for _, shared in results) == [False, True, True]
-    assert all(np.array_equal(found[0], arrays(1.0)[0]) for found, _ in results)
-    assert ray_session.get(store.stats.remote()) == {"computed": 1, "shared": 2, "stored": 1}
+    assert sorted(index for _, index in calls) == list(range(6))  # each part once
+    assert {name for name, _ in calls} == {"a", "b", "c"}  # every waiting run helped
+    assert sum(mine for _, mine in results.values()) == 6
+    for parts, _ in results.values():  # everyone gets every part, in order
+        assert [p[0][0, 0] for p in parts] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    stats = ray_session.get(store.stats.remote())
+    assert (stats["computed"], stats["parts_computed"], stats["stored"]) == (1, 6, 1)
+    again, mine = share("k", 6, lambda index: part(-1.0))  # later runs get it ready
+    assert mine == 0 and again[5][0][0, 0] == 5.0
 
 
-def test_a_failed_computation_gives_the_claim_up(ray_session) -> None:
+def test_a_failed_part_gives_its_claim_up(ray_session) -> None:
     share = features.sharing(features.start_store())
 
-    def broken() -> tuple[np.ndarray, np.ndarray, str]:
+    def broken(index: int) -> tuple[np.ndarray, str]:
         raise RuntimeError("stopped")
 
     with pytest.raises(RuntimeError):
-        share("k", broken)
-    found, shared = share("k", lambda: arrays(2.0))  # the next asker computes
-    assert not shared and found[0][0, 0, 0] == 2.0
-    found, shared = share("k", lambda: arrays(3.0))
-    assert shared and found[0][0, 0, 0] == 2.0
+        share("k", 2, broken)
+    found, mine = share("k", 2, lambda index: part(2.0))  # the next asker computes both
+    assert mine == 2 and found[0][0][0, 0] == 2.0
+    found, mine = share("k", 2, lambda index: part(3.0))
+    assert mine == 0 and found[1][0][0, 0] == 2.0
 
 
 def test_a_claim_not_renewed_is_taken_over(ray_session, monkeypatch: pytest.MonkeyPatch) -> None:
     store = features.start_store(claim_stale_s=2.0)
-    assert ray_session.get(store.get_or_claim.remote("k")) == ("compute", None)  # a trial that then died
-    assert ray_session.get(store.get_or_claim.remote("k")) == ("wait", None)
+    assert ray_session.get(store.claim.remote("k", 1)) == ("work", 0)  # a trial that then died
+    assert ray_session.get(store.claim.remote("k", 1)) == ("wait", None)
     monkeypatch.setattr(features, "POLL_S", 0.05)
     started = time.monotonic()
-    found, shared = features.sharing(store)("k", lambda: arrays(4.0))
-    assert not shared and found[0][0, 0, 0] == 4.0 and time.monotonic() - started >= 1.0
+    found, mine = features.sharing(store)("k", 1, lambda index: part(4.0))
+    assert mine == 1 and found[0][0][0, 0] == 4.0 and time.monotonic() - started >= 1.0
 
 
 def test_the_store_keeps_the_most_recent_within_its_size(ray_session) -> None:
-    store = features.start_store(max_bytes=2 * sum(a.nbytes for a in arrays(0.0)[:2]))
+    store = features.start_store(max_bytes=2 * part(0.0)[0].nbytes)
     share = features.sharing(store)
     for key in ("a", "b", "c"):
-        share(key, lambda: arrays(0.0))
+        share(key, 1, lambda index: part(0.0))
     assert ray_session.get(store.stats.remote())["stored"] == 2
-    assert share("a", lambda: arrays(5.0))[1] is False  # the oldest went first
+    assert share("a", 1, lambda index: part(5.0))[1] == 1  # the oldest went first
+    big = features.start_store(max_bytes=1)
+    share = features.sharing(big)
+    share("x", 2, lambda index: part(0.0))
+    assert share("x", 2, lambda index: part(1.0))[1] == 0  # the newest stays, whatever its size
 
 
 FROZEN_SEARCH = """
@@ -108,8 +123,12 @@ def test_a_search_of_frozen_trials_runs_the_backbone_once(coats: Path, tmp_path:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = pd.read_csv(tmp_path / "out" / "report.csv")
     assert len(report) == 4 and report["features_s"].notna().all()
-    # one trial ran the backbone; the others took its features (a trial that started while it
-    # ran waited for them: its features_s is that wait)
-    assert report["features_shared"].tolist().count(0) == 1, report[["trial_id", "features_s", "features_shared"]]
-    assert "computed by 1 trial(s)" in (tmp_path / "out" / "report.md").read_text()
-    assert "reused by 3" in (tmp_path / "out" / "report.md").read_text()
+    # The backbone ran once over the images: the two trials that started together shared its parts
+    # out (each computed a share), the later ones took the features.
+    shares = [json.loads(path.read_text().splitlines()[0])["features_parts"]
+              for path in (tmp_path / "out").glob("tune/run_trial_*/result.json")]
+    assert sum(shares) == pytest.approx(1.0), shares  # each part once, whoever computed it
+    computed = report["features_shared"].tolist().count(0)
+    assert computed == sum(share > 0 for share in shares) and 1 <= computed <= 2
+    assert f"computed by {computed} trial(s)" in (tmp_path / "out" / "report.md").read_text()
+    assert f"reused by {4 - computed}" in (tmp_path / "out" / "report.md").read_text()
