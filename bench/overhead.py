@@ -288,4 +288,6 @@ def overhead_cases(root: Path, quick: bool, cache_dir: Path, work: Path, device:
                f"{plain['best_val_acc']:.3f} vs ours {ours['best_val_acc']:.3f}")
     print(f"  {summary}", file=sys.stderr, flush=True)
     ours["note"] = summary
-    return [ours, naive, plain]
+    from bench.frozen_heads import frozen_cases  # it builds on this module's search and loop
+
+    return [ours, naive, plain, *frozen_cases(root, quick, cache_dir, work, device)]
