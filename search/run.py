@@ -245,7 +245,7 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
         # Straight to the file descriptor: Ray or Tune may have wrapped sys.stderr in a writer that
         # os._exit would not wait for.
         os.write(2, f"error: Ray stopped under the search: {what}. The search is saved; continue it with: "
-                    f"{resume_command(args.argv)}\n".encode())
+                    f"{resume_command(args)}\n".encode())
         os._exit(EXIT_RAY_DIED)
 
     with watching_ray(ray_died):
@@ -293,19 +293,23 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
                 manifest.write(out, experiment, data_sha, "interrupted", spent_s=spent_s + search_wall_s)
         if disk_full or report_error:
             line = disk.stopped_message(disk_full or report_error, report_error, experiment, output,
-                                        resume_command(args.argv))
+                                        resume_command(args))
             print(f"error: {line}", file=sys.stderr, flush=True)
             return EXIT_DISK_FULL
         if interrupted:
-            print(f"Interrupted: the search is saved; continue it with: {resume_command(args.argv)}",
+            print(f"Interrupted: the search is saved; continue it with: {resume_command(args)}",
                   file=sys.stderr, flush=True)
             return stop.exit_code
         return 0
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command that continues a search started with `argv` (its options kept, --resume added)."""
-    return shlex.join(["python", "-m", "search.run", *[a for a in argv if a != "--resume"], "--resume"])
+def resume_command(args: argparse.Namespace) -> str:
+    """What continues a search started with `args`: the command (its options kept, --resume added),
+    or the Python call `search.api` put in `args.resume_hint`."""
+    hint = getattr(args, "resume_hint", None)
+    if hint:
+        return hint
+    return shlex.join(["python", "-m", "search.run", *[a for a in args.argv if a != "--resume"], "--resume"])
 
 
 def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) -> int:
@@ -316,21 +320,52 @@ def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) ->
         return _main(args, on_epoch)
 
 
+@dataclasses.dataclass(frozen=True)
+class Ran:
+    """How a run ended: its exit code (the CLI's), and where its search folder is (None when it
+    ended before OUT was known)."""
+
+    code: int
+    output: Output | None
+    experiment: Experiment | None
+
+
+class UnsupportedRay(RuntimeError):
+    """The installed Ray is outside the range this service runs on; the message says what to install."""
+
+
 def _main(args: argparse.Namespace, on_epoch: EpochHook | None) -> int:
+    """`execute`, with a user's mistake as one line on stderr and its exit code."""
+    try:
+        return execute(args, on_epoch).code
+    except (*USER_ERRORS, UnsupportedRay) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except disk.DiskFull as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DISK_FULL
+
+
+def execute(args: argparse.Namespace, on_epoch: EpochHook | None = None,
+            experiment: Experiment | None = None) -> Ran:
+    """The command `args` describe (`experiment`: the Experiment itself, instead of loading
+    `args.experiment`'s file). A user's mistake (`USER_ERRORS`, `UnsupportedRay`) and a full disk
+    before the search raise; an interruption returns its exit code (130, 143), as the search's
+    own end does (0, or 74 for a full disk: `_search`)."""
     output = None
     try:
         check_folders(args)
         unsupported = versions.unsupported()
         if unsupported:
-            print(f"error: {unsupported}", file=sys.stderr)
-            return EXIT_USAGE
+            raise UnsupportedRay(unsupported)
         if args.address:  # a cluster that does not answer costs seconds, not a decoded data set
             check_address(args.address)
         if args.mlflow:  # a wrong URI costs seconds, not a decoded data set
             from search.tracking import check
 
             check(args.mlflow)
-        experiment, note = without_random_frozen_backbones(apply_overrides(load_experiment(args.experiment), args))
+        loaded = experiment if experiment is not None else load_experiment(args.experiment)
+        experiment, note = without_random_frozen_backbones(apply_overrides(loaded, args))
         if note:
             print(note, flush=True)
         output = open_output(args.out or str(Path("results") / experiment.name), _cache_dir(args))
@@ -342,20 +377,14 @@ def _main(args: argparse.Namespace, on_epoch: EpochHook | None) -> int:
                 print(low_space, file=sys.stderr, flush=True)
             if args.check:
                 output.upload()
-                return 0
-            return _search(experiment, args, output, arrays, data_sha, on_epoch)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except disk.DiskFull as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_DISK_FULL
+                return Ran(0, output, experiment)
+            return Ran(_search(experiment, args, output, arrays, data_sha, on_epoch), output, experiment)
     except KeyboardInterrupt as interrupt:  # a second signal, or one outside the search (decoding, export)
         # A search that started can be resumed from wherever it stopped (the kill drills).
         started = output is not None and (output.local / MANIFEST_FILE).is_file()
-        print(f"Interrupted; continue it with: {resume_command(args.argv)}" if started else "Interrupted.",
+        print(f"Interrupted; continue it with: {resume_command(args)}" if started else "Interrupted.",
               file=sys.stderr, flush=True)
-        return exit_code(interrupt)
+        return Ran(exit_code(interrupt), output if started else None, experiment)
 
 
 if __name__ == "__main__":
