@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from search.data import remote
 from search.data.leakage import find_leakage
@@ -218,21 +219,11 @@ def _prepare(experiment: Experiment, args: argparse.Namespace, output: Output) -
 def _search(experiment: Experiment, args: argparse.Namespace, output: Output, arrays: data.ArrayData,
             data_sha: str, on_epoch: EpochHook | None) -> int:
     """The search on Ray, then the report and the export; returns the exit code."""
-    out = output.local
-    tracking = None
-    if args.mlflow or (args.resume and (out / TRACKING_FILE).is_file()):
-        from search.tracking import open_tracking
-
-        tracking = open_tracking(args.mlflow, experiment, out, output.display(), args.resume)
-    with disk.writing(output.display(), partial_in=out):
-        manifest.write(out, experiment, data_sha, "running")
-        (out / EXPERIMENT_FILE).write_text(repr(experiment) + "\n")
-    output.upload()
+    tracking = _begin(experiment, args, output, data_sha)
     # Ray, Tune and torch's training stack load only once the inputs are known to be good.
     from search.driver import search_loop as rounds
     from search.driver import tune_setup as tuning
     from search.driver.ray_cluster import start_ray, watching_ray
-    from search.finish import finish
 
     dashboard = start_ray(args.address)
     terminate_as_interrupt()  # ray.init's own handler would end a SIGTERM during the export silently
@@ -257,50 +248,91 @@ def _search(experiment: Experiment, args: argparse.Namespace, output: Output, ar
               f"{the_plan.cluster_cpus:g} CPUs and {the_plan.cluster_gpus:g} GPUs; results in {output.display()}",
               flush=True)
         started = time.perf_counter()
-        spent_s = manifest.spent_seconds(out) if args.resume else 0.0
+        spent_s = manifest.spent_seconds(output.local) if args.resume else 0.0
         with GracefulStop() as stop:
             outcome = rounds.search(experiment, output, arrays, the_plan, resume=args.resume, on_epoch=on_epoch,
                                     stopped=lambda: stop.signum is not None, spent_s=spent_s,
                                     warm_start=Path(args.warm_start).expanduser() if args.warm_start else None,
                                     data_key=data_sha, callbacks=[tracking.callback()] if tracking else [])
-        search_wall_s = time.perf_counter() - started
-        disk_full = outcome.disk_full
-        interrupted = stop.signum is not None or disk_full is not None
-        if outcome.ended_by:
-            print(f"Search ended early: {outcome.ended_by}", flush=True)
-        if not interrupted:
-            tuning.end_unfinished_trials(experiment, output)
-        report_error = None
-        try:
-            with disk.writing(output.display(), partial_in=out):
-                summary = finish(outcome.grids, experiment, arrays, output,
-                                 finished=tuning.finished_trial_ids(experiment, output) if interrupted else None,
-                                 concurrency=the_plan.concurrency, search_wall_s=search_wall_s,
-                                 ended_by=outcome.ended_by, budget_stopped=outcome.budget_stopped)
-                summary["wall_time_s"] = round(time.perf_counter() - started, 1)
-                (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-                manifest.write(out, experiment, data_sha, "interrupted" if interrupted else "finished",
-                               spent_s=spent_s + search_wall_s)
-            output.upload()
-        except disk.DiskFull as err:
-            report_error = err
-        if tracking is not None:
-            from search.tracking import finish as finish_tracking
+        ran = Searched(outcome, stop, started, time.perf_counter() - started, spent_s, the_plan.concurrency)
+        return _end(experiment, args, output, arrays, data_sha, ran, tracking)
 
-            finish_tracking(tracking, out, summary if report_error is None else {},
-                            interrupted or report_error is not None)
-            with contextlib.suppress(OSError):  # a few bytes: they may fit where the report did not
-                manifest.write(out, experiment, data_sha, "interrupted", spent_s=spent_s + search_wall_s)
-        if disk_full or report_error:
-            line = disk.stopped_message(disk_full or report_error, report_error, experiment, output,
-                                        resume_command(args))
-            print(f"error: {line}", file=sys.stderr, flush=True)
-            return EXIT_DISK_FULL
-        if interrupted:
-            print(f"Interrupted: the search is saved; continue it with: {resume_command(args)}",
-                  file=sys.stderr, flush=True)
-            return stop.exit_code
-        return 0
+
+def _begin(experiment: Experiment, args: argparse.Namespace, output: Output, data_sha: str) -> Any:
+    """Before Ray: the MLflow tracking (or None), the manifest saying the search runs, the experiment as run."""
+    out, tracking = output.local, None
+    if args.mlflow or (args.resume and (out / TRACKING_FILE).is_file()):
+        from search.tracking import open_tracking
+
+        tracking = open_tracking(args.mlflow, experiment, out, output.display(), args.resume)
+    with disk.writing(output.display(), partial_in=out):
+        manifest.write(out, experiment, data_sha, "running")
+        (out / EXPERIMENT_FILE).write_text(repr(experiment) + "\n")
+    output.upload()
+    return tracking
+
+
+@dataclasses.dataclass(frozen=True)
+class Searched:
+    """What the search's rounds gave (`search.driver.search_loop.Outcome`), the signal that
+    stopped them if one did, and their times."""
+
+    outcome: Any
+    stop: GracefulStop
+    started: float  # time.perf_counter() when the search began
+    wall_s: float
+    spent_before_s: float  # search time of the earlier runs of this search (a --resume)
+    concurrency: int
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop.signum is not None or self.outcome.disk_full is not None
+
+
+def _end(experiment: Experiment, args: argparse.Namespace, output: Output, arrays: data.ArrayData, data_sha: str,
+         ran: Searched, tracking: Any) -> int:
+    """After the search: the report and the export of what finished, the manifest, MLflow's
+    end, and the line and exit code that say how it ended."""
+    from search.driver import tune_setup as tuning
+    from search.finish import finish
+
+    out, outcome = output.local, ran.outcome
+    if outcome.ended_by:
+        print(f"Search ended early: {outcome.ended_by}", flush=True)
+    if not ran.interrupted:
+        tuning.end_unfinished_trials(experiment, output)
+    spent_s = ran.spent_before_s + ran.wall_s
+    report_error = None
+    try:
+        with disk.writing(output.display(), partial_in=out):
+            summary = finish(outcome.grids, experiment, arrays, output,
+                             finished=tuning.finished_trial_ids(experiment, output) if ran.interrupted else None,
+                             concurrency=ran.concurrency, search_wall_s=ran.wall_s, ended_by=outcome.ended_by,
+                             budget_stopped=outcome.budget_stopped)
+            summary["wall_time_s"] = round(time.perf_counter() - ran.started, 1)
+            (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+            manifest.write(out, experiment, data_sha, "interrupted" if ran.interrupted else "finished",
+                           spent_s=spent_s)
+        output.upload()
+    except disk.DiskFull as err:
+        report_error = err
+        with contextlib.suppress(OSError):  # a few bytes: they may fit where the report did not
+            manifest.write(out, experiment, data_sha, "interrupted", spent_s=spent_s)
+    if tracking is not None:
+        from search.tracking import finish as finish_tracking
+
+        finish_tracking(tracking, out, summary if report_error is None else {},
+                        ran.interrupted or report_error is not None)
+    if outcome.disk_full or report_error:
+        line = disk.stopped_message(outcome.disk_full or report_error, report_error, experiment, output,
+                                    resume_command(args))
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        return EXIT_DISK_FULL
+    if ran.interrupted:
+        print(f"Interrupted: the search is saved; continue it with: {resume_command(args)}",
+              file=sys.stderr, flush=True)
+        return ran.stop.exit_code
+    return 0
 
 
 def resume_command(args: argparse.Namespace) -> str:

@@ -81,6 +81,7 @@ def test_a_search_is_a_parent_run_with_a_run_per_trial_and_the_best_model(
         ray_session, mlflow_server: str, coats: Path, tmp_path: Path) -> None:
     experiment, out = tiny_experiment(tmp_path, coats, trials=2, epochs=2), tmp_path / "out"
     assert main([str(experiment), "--out", str(out), "--concurrency", "1", "--mlflow", mlflow_server]) == 0
+    assert json.loads((out / "manifest.json").read_text())["state"] == "finished"  # tracked, and finished
     client = mlflow.MlflowClient(mlflow_server)
     saved = json.loads((out / "mlflow.json").read_text())
     parent = client.get_run(saved["run_id"])
