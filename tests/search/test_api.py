@@ -22,7 +22,7 @@ VARYING = ("train_time_s", "startup_s", "trial_id", "serving.")
 def _files(out: Path) -> set[str]:
     """The search folder's files, a trial's folders named by its creation number."""
     return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()
-            and not p.relative_to(out).parts[0] in ("tune", "train", "plots")} | \
+            and p.relative_to(out).parts[0] not in ("tune", "train", "plots")} | \
         {f"{p.parent.name}/{p.name}" for p in out.glob("plots/*")}
 
 

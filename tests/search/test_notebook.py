@@ -38,7 +38,8 @@ def test_the_quickstart_notebook_runs_headless_and_shows_the_table_and_a_predict
     client.km = client.create_kernel_manager()
     client.start_new_kernel(env=kernel_env())
     client.execute()
-    outputs = ["".join(_text(o) for o in cell.get("outputs", [])) for cell in notebook.cells if cell.cell_type == "code"]
+    outputs = ["".join(_text(o) for o in cell.get("outputs", []))
+               for cell in notebook.cells if cell.cell_type == "code"]
     assert "The search finished" in outputs[2]
     assert "val_acc" in outputs[3] and "small_cnn" in outputs[3]  # the leaderboard
     assert "report_html" in outputs[4] and "useful_fraction" in outputs[4]
