@@ -19,6 +19,7 @@ as it is: a --resume continues it from its latest checkpoint.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,10 +79,10 @@ class Retention:
         if seen is None or sign * float(value) >= sign * seen[0]:
             self.best_seen[trial_id] = (float(value), str(path).rstrip("/").rsplit("/", 1)[-1])
 
-    def sweep(self, final: bool = False) -> None:
-        """Free what the ended trials no longer need. `final` (the search's end) looks at every
-        ended trial again: a stopped trial's worker may have written one more checkpoint before
-        it stopped.
+    def sweep(self, final: bool = False, later: Iterable[str] = ()) -> None:
+        """Free what the ended trials no longer need; the trials `later` are left to a later
+        sweep. `final` (the search's end) looks at every ended trial again: a stopped trial's
+        worker may have written one more checkpoint before it stopped.
         A failure is logged, never raised: a checkpoint left behind costs disk, a search
         stopped for it costs the search."""
         if final:
@@ -93,7 +94,7 @@ class Retention:
             logger.warning("checkpoints of ended trials not freed: the study could not be read (%s)", err)
             return
         kept = exportable(values, self.mode, self.rule)
-        for trial_id in values.keys() - self.settled:
+        for trial_id in values.keys() - self.settled - set(later):
             try:
                 self._settle(trial_id, values[trial_id], trial_id in kept)
             except Exception as err:  # noqa: BLE001 (see the docstring)
@@ -131,10 +132,15 @@ def _size(fs: pafs.FileSystem, folder: str) -> int:
 
 
 class KeepExportable(tune.Callback):
-    """Tune's side of `Retention`: notes every report, sweeps when a trial ends."""
+    """Tune's side of `Retention`: notes every report, and sweeps once a trial that ended has
+    had `GRACE_S` to stop: Tune stops a trial after its callbacks, and on Ray's documented path
+    its Train controller may still register (and rank, and delete) one more checkpoint meanwhile."""
+
+    GRACE_S = 15.0
 
     def __init__(self, retention: Retention) -> None:
         self.retention = retention
+        self.ended: dict[str, float] = {}  # trial id -> when it ended, until it is swept
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
@@ -142,4 +148,14 @@ class KeepExportable(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         # The study hears of the end first: the searcher's on_trial_complete runs before callbacks'.
-        self.retention.sweep()
+        self.ended[trial.trial_id] = time.monotonic()
+        self._sweep()
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if any(time.monotonic() - at >= self.GRACE_S for at in self.ended.values()):
+            self._sweep()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        self.ended = {t: at for t, at in self.ended.items() if now - at < self.GRACE_S}
+        self.retention.sweep(later=self.ended)

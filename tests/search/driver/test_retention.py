@@ -105,3 +105,21 @@ def test_a_sweep_that_fails_logs_and_keeps_the_search_going(tmp_path: Path, capl
                           "missing", "val_acc", "max", Reach(1))
     retention.sweep()
     assert "not freed" in caplog.text
+
+
+def test_a_trial_that_just_ended_is_swept_once_it_had_time_to_stop(tmp_path: Path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from search.driver.retention import KeepExportable
+
+    out = tmp_path / "out"
+    runs = {t: _folders(out, t, range(1, 3)) for t in ("best", "worse")}
+    url = _study(tmp_path, {"best": 0.9, "worse": 0.5})
+    keep = KeepExportable(Retention(open_output(str(out), tmp_path / "work"), url, "s", "val_acc", "max", Reach(1)))
+    keep.on_trial_complete(0, [], SimpleNamespace(trial_id="worse"))
+    assert _kept(runs["worse"]) == ["epoch-0001", "epoch-0002"]  # its driver may still be stopping
+    keep.on_step_end(1, [])
+    assert _kept(runs["worse"]) == ["epoch-0001", "epoch-0002"]
+    monkeypatch.setattr(KeepExportable, "GRACE_S", 0.0)
+    keep.on_step_end(2, [])
+    assert _kept(runs["worse"]) == [] and keep.ended == {}

@@ -125,7 +125,8 @@ def test_an_out_of_memory_is_retried_once_with_half_the_batch_and_noted(ray_sess
                                                                        tmp_path: Path) -> None:
     from tests.conftest import tiny_body
 
-    body = tiny_body(coats, trials=1, epochs=3).replace("grace_period_epochs=1", "grace_period_epochs=3")
+    body = tiny_body(coats, trials=1, epochs=3).replace("grace_period_epochs=1", "grace_period_epochs=3") \
+        + 'checkpoints="all",\n'  # every epoch's checkpoint stays: the test reads epoch 3's
     experiment = write_experiment(tmp_path, body)
     out = tmp_path / "out"
     assert main([str(experiment), "--out", str(out)], on_epoch=out_of_memory_at_epoch_2) == 0
