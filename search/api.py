@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.experiment.spec import Experiment
+from search.state.names import SUMMARY_FILE
 
 if TYPE_CHECKING:
     import optuna
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
 # The command's exit codes, in words.
 STATUS = {0: "finished", 74: "disk_full", 130: "interrupted", 143: "interrupted"}
-OPTIONS = ("data", "trials", "max_epochs", "concurrency", "out", "name", "address", "time_budget",
-           "stop_when_stalled", "warm_start", "seed", "cache", "cache_max", "mlflow")
 FLAGS = ("resume", "smoke", "check")
 
 
@@ -140,9 +139,9 @@ def run_search(experiment: str | Path | Experiment, *, data: str | None = None, 
               "warm_start": warm_start, "seed": seed, "cache": cache, "cache_max": cache_max, "mlflow": mlflow}
     given = isinstance(experiment, Experiment)
     argv = ["<Experiment>" if given else str(experiment)]
-    for option in OPTIONS:
-        if values[option] is not None:
-            argv += [f"--{option.replace('_', '-')}", str(values[option])]
+    for option, value in values.items():
+        if value is not None:
+            argv += [f"--{option.replace('_', '-')}", str(value)]
     argv += [f"--{flag}" for flag, on in zip(FLAGS, (resume, smoke, check)) if on]
     args = cli.parse_args(argv)
     args.argv = argv
@@ -151,8 +150,8 @@ def run_search(experiment: str | Path | Experiment, *, data: str | None = None, 
         ran = cli.execute(args, on_epoch, experiment if given else None)
     summary: dict[str, Any] = {}
     out_dir = None if ran.output is None else ran.output.local
-    if out_dir is not None and (out_dir / "summary.json").is_file() and not check:
-        summary = json.loads((out_dir / "summary.json").read_text())
+    if out_dir is not None and (out_dir / SUMMARY_FILE).is_file() and not check:
+        summary = json.loads((out_dir / SUMMARY_FILE).read_text())
     status = "checked" if check and ran.code == 0 else STATUS.get(ran.code, "interrupted")
     # The command's own lines said already how it ended, and how to continue it (`resume`).
     return SearchResult(status, ran.code, out_dir, None if ran.output is None else ran.output.display(),

@@ -38,7 +38,6 @@ from search.trial.checkpoints import slim_checkpoint
 from search.trial.settings import CHECKPOINT_PREFIX, train_run_name
 
 logger = logging.getLogger(__name__)
-CHOICES = ("exportable", "all")
 
 
 def ended(study: optuna.Study) -> dict[str, float]:
