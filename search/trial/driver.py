@@ -3,7 +3,8 @@ it again after a failure that a retry can fix.
 
 A failed run is retried here, not by Ray Train (which would retry every failure alike): from
 the last checkpoint after a dead worker, with half the batch size after an out-of-memory, never
-after an exception of the training code (`search.trial.failures`).
+after an exception of the training code, nor after Tune stopped the trial and removed its
+placement group (`search.trial.failures`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             return
         except Exception as err:
             kind = classify(err)
+            if kind is Failure.RELEASED:
+                # Tune stopped the trial and took its placement group back: a new run would only be
+                # destroyed in turn (and start a controller that outlives nothing useful).
+                logger.debug("trial %s: its Train run was released with its placement group", trial_id)
+                return
             full_disk = markers.disk_full_reason(settings.study_name, trial_id) is not None
             if full_disk or kind is Failure.ERROR:
                 raise  # the training code's own error: it would only happen again

@@ -9,6 +9,9 @@ died). The trial driver (`search.trial.driver.run_trial`) decides from `classify
   so the trial ends at once.
 - `INFRASTRUCTURE`: a worker process or its node died (killed, lost, preempted, a hung
   health check). Retried from the last checkpoint, up to `TrialSettings.max_failures` times.
+- `RELEASED`: Ray destroyed the run's processes because their placement group was removed:
+  Tune stopped the trial (its last epoch reported while Train was still closing the run, or
+  ASHA, or the search ending) and gave its resources back. Nothing failed, nothing is retried.
 - `OUT_OF_MEMORY`: the GPU ran out of memory (`torch.OutOfMemoryError` raised in a worker),
   torch's CPU allocator or Python could not get the memory a batch needs (a worker's memory
   limit, a host without overcommit), or Ray's memory monitor killed a worker because the
@@ -29,6 +32,10 @@ CUDA_OOM_TEXT = "CUDA out of memory"
 # torch's CPU allocator when the process may not have more memory: a RuntimeError that reads
 # "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes".
 CPU_OOM_TEXT = "can't allocate memory"
+# Ray's exit detail for a process it destroyed on purpose because its placement group was
+# removed ("Worker exit type: INTENDED_SYSTEM_EXIT Worker exit detail: Destroying worker since
+# its placement group was removed", Ray 2.59 and 2.60): the owner gave the resources back.
+RELEASED_TEXT = "placement group was removed"
 
 
 class Failure(enum.Enum):
@@ -36,6 +43,7 @@ class Failure(enum.Enum):
 
     ERROR = "error"
     INFRASTRUCTURE = "infrastructure"
+    RELEASED = "released"
     OUT_OF_MEMORY = "out of memory"
 
 
@@ -55,12 +63,15 @@ def _is_ray_failure(error: BaseException) -> bool:
 
 
 def _dead_worker(error: BaseException) -> Failure | None:
-    """INFRASTRUCTURE or OUT_OF_MEMORY (the memory monitor killed it) when `error` says a
-    worker process or node died; None for an exception of the training code."""
+    """INFRASTRUCTURE, OUT_OF_MEMORY (the memory monitor killed it) or RELEASED (destroyed with
+    its placement group) when `error` says a worker process or node died; None for an exception
+    of the training code."""
     from ray.exceptions import OutOfMemoryError as HostOutOfMemory
 
     if not _is_ray_failure(error):
         return None
+    if RELEASED_TEXT in str(error):
+        return Failure.RELEASED
     host_oom = isinstance(error, HostOutOfMemory) or HOST_OOM_TEXT in str(error)
     return Failure.OUT_OF_MEMORY if host_oom else Failure.INFRASTRUCTURE
 
@@ -70,9 +81,13 @@ def classify_failures(failures: list[BaseException]) -> Failure:
 
     With several workers, one rank's death makes the others fail too (a collective aborts,
     a connection resets: Python exceptions of their own), so a dead worker on any rank
-    decides; then an out-of-memory on any rank; else it is the training code's own error.
+    decides; then an out-of-memory on any rank; else it is the training code's own error. A
+    rank destroyed with its placement group means the run was released on purpose, whatever
+    the other ranks say.
     """
     deaths = {_dead_worker(failure) for failure in failures} - {None}
+    if Failure.RELEASED in deaths:
+        return Failure.RELEASED
     if deaths:
         return Failure.OUT_OF_MEMORY if Failure.OUT_OF_MEMORY in deaths else Failure.INFRASTRUCTURE
     return Failure.OUT_OF_MEMORY if any(map(_is_torch_oom, failures)) else Failure.ERROR

@@ -19,6 +19,12 @@ from search.trial.settings import trial_batch
 HOST_OOM = ("The actor is dead because its worker process has died. Worker exit type: USER_ERROR Worker exit detail: "
             "Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.1) ...")
 
+# A completed trial on Ray's documented path: Tune stops it at its last report and removes its placement
+# group while Train is still closing the run; the controller and the worker are destroyed with it.
+RELEASED = ("The actor is dead because its worker process has died. Worker exit type: INTENDED_SYSTEM_EXIT Worker "
+            "exit detail: Destroying worker since its placement group was removed. Placement group id: 1c55931b, "
+            "bundle index: -1")
+
 
 def dead(message: str = ActorDiedError.BASE_ERROR_MSG) -> WorkerHealthCheckFailedError:
     """How Ray Train reports a worker whose process died: its health check failed with the actor's death."""
@@ -45,6 +51,11 @@ def workers(*failures: BaseException) -> WorkerGroupError:
     (workers(dead(HOST_OOM), RuntimeError("Connection closed by peer")), Failure.OUT_OF_MEMORY),
     (ControllerError(ValueError("bad storage path")), Failure.ERROR),
     (RayActorError(error_msg="the controller's node was lost"), Failure.INFRASTRUCTURE),
+    (ActorDiedError(), Failure.INFRASTRUCTURE),
+    (RayActorError(error_msg=RELEASED), Failure.RELEASED),
+    (ControllerError(RayActorError(error_msg=RELEASED)), Failure.RELEASED),
+    (workers(dead(RELEASED)), Failure.RELEASED),
+    (workers(RuntimeError("Connection closed by peer"), dead(RELEASED)), Failure.RELEASED),
     (KeyError("a bug of ours"), Failure.ERROR),
 ])
 def test_a_failure_is_the_code_the_machine_or_memory(error: BaseException, kind: Failure) -> None:

@@ -33,7 +33,11 @@ def test_a_search_on_rays_documented_path_completes_and_leaves_nothing_behind(co
         {"exit_code": 0, "placement_groups": [], "actors": []}
     started = Counter(probe["started"])
     # Ray's own way: per trial a driver, a controller actor, a report queue and a placement-group cleaner
-    assert started["ImplicitFunc"] == started["TrainController"] == started["_QueueActor"] == 4, started
+    # Tune stops a trial at its last report while Train still closes the run, and removes its placement group:
+    # that is no failure to retry (a retry started a fifth controller, destroyed at once)
+    retries = [line for line in (proc.stdout + proc.stderr).splitlines() if "retrying" in line]
+    assert not retries, retries
+    assert started["ImplicitFunc"] == started["TrainController"] == started["_QueueActor"] == 4, (started, retries)
     assert started["PlacementGroupCleaner"] == 4, started
     report = pd.read_csv(tmp_path / "out" / "report.csv")
     assert len(report) == 4 and set(report["status"]) <= {"completed", "early_stopped"}, report
