@@ -12,7 +12,8 @@ every epoch, and several training processes sharing the device against one alone
 (`bench.cases`). Every claim about speed should be a ratio between cases of one run: the
 machine is the same, its load is the same. No Ray in these, so the figures are the data
 path's and the model's, not Tune's; the `startup` case, asked for on its own, runs a tiny
-search on a local Ray and reports how long its trials took to start.
+search on a local Ray and reports how long its trials took to start, and the `serve` case
+loads `search.serve`'s endpoint against a no-op Ray Serve deployment (`bench.serve_load`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bench.cases_train import DEFAULT_ARCHS, train_cases, train_size_px
 from bench.inputs import generate
 from bench.measure import BATCH_SIZE, CPUS
 from bench.overhead import liar_cases, overhead_cases
+from bench.serve_load import serve_cases
 from bench.records import Record, add_ratios, table
 from search.data.photos import photo_folder
 from trainables.archs import ARCHS
@@ -42,7 +44,7 @@ TIMED_BATCHES = {"quick": 5, "full": 50}  # per round
 ROUNDS = 3
 IMAGES = {"quick": 800, "full": 4000}
 SIZE_PX = {"quick": 96, "full": 299}
-CASES = ("data", "train", "features", "sharing", "startup", "overhead", "liar", "decode", "remote")
+CASES = ("data", "train", "features", "sharing", "startup", "overhead", "liar", "decode", "remote", "serve")
 PHOTOS = {"quick": 64, "full": 2000}  # the decode case's 2000x1500 JPEGs
 IN_ALL = ("data", "train", "features", "sharing")  # the others run searches (startup, overhead: Ray): asked by name
 SHARING = 4  # processes sharing the device: trials with gpus_per_worker=0.25
@@ -66,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"overhead (where a search's time goes: ours, a bare Ray trial, a plain Optuna loop), "
                         f"liar (TPE's constant_liar for trials at once), decode (photo-sized JPEGs: serial full "
                         f"decoding against parallel reduced-size decoding), remote (the same photos from a local S3 "
-                        f"server: mirrored then decoded against decoded as their downloads land); "
+                        f"server: mirrored then decoded against decoded as their downloads land), serve "
+                        f"(search.serve's HTTP endpoint under 16 clients against a no-op Serve deployment); "
                         f"all: {', '.join(IN_ALL)} (default)")
     parser.add_argument("--photos", type=int, help=f"2000x1500 JPEGs of the decode and remote cases "
                         f"(default {PHOTOS['full']}, --quick {PHOTOS['quick']})")
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
 
     records: list[Record] = []
     try:
-        if set(cases) - {"sharing", "decode", "remote"}:  # sharing needs no images, decode and remote their own
+        if set(cases) - {"sharing", "decode", "remote", "serve"}:  # these need no images or make their own
             started = time.perf_counter()
             root = generate(work / "coats", args.images, args.size_px)
             print(f"  generated {args.images} JPEGs in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
             records += decode_cases(photos, args.size_px, args.rounds)
         if "remote" in cases:
             records += remote_cases(photos, args.size_px, args.rounds, work)
+        if "serve" in cases:
+            records += serve_cases(args.size_px)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -5,7 +5,8 @@ model of a search behind HTTP, as a Ray Serve application.
 `{"prediction": label, "probabilities": {class: p, ...}}`; several images as a multipart
 form (any field names) answer a list of those, in the form's order. An upload that is not an
 image gets 400 with the reason (the server stays up); a request elsewhere gets 404. Requests
-are batched on the server (`serve.batch`: up to `MAX_BATCH` images, `BATCH_WAIT_S`), and
+are batched on the server (`serve.batch`: up to `MAX_BATCH` images, `BATCH_WAIT_S`; a replica
+takes twice that many requests at once, where Serve's default of 5 would starve the batch), and
 `--replicas` runs that many copies, spread over a cluster's nodes with `--address`. The
 probabilities are `load_best`'s: calibrated, with the export's test-time augmentation.
 """
@@ -35,7 +36,7 @@ APP_NAME = "imagesearch"
 EXIT_USAGE = 2
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=2 * MAX_BATCH)
 class Classifier:
     """One replica: the exported model on this replica's CPU (or GPU, when it has one)."""
 

@@ -68,6 +68,25 @@ def test_startup_case_reports_each_trials_start_from_a_real_search(tmp_path: Pat
     assert "startup_s of 2 trials" in proc.stdout
 
 
+@pytest.mark.slow  # Ray Serve's start, three applications
+def test_serve_case_loads_the_endpoint_against_serves_no_op_floor(tmp_path: Path) -> None:
+    from bench import serve_load
+
+    out = tmp_path / "serve.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.serve_load", "--clients", "2", "--requests", "12",
+                           "--size-px", "32", "--json", str(out)],
+                          capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [r["case"] for r in records] == [f"HTTP {name}" for name in
+                                           (serve_load.DEFAULT_FLOOR, serve_load.FLOOR, serve_load.OURS)]
+    assert all(r["images"] == 12 and r["errors"] == 0 and r["images_per_s"] > 0 for r in records), records
+    ours = records[-1]
+    assert ours["baseline"] in {r["case"] for r in records[:2]} and ours["ratio_vs_baseline"] > 0
+    assert set(ours["inside_replica_ms"]) >= {"decode_ms", "model_1_ms", "json_ms"}
+    assert "requests/s" in proc.stdout and "goal >= 0.5" in proc.stdout
+
+
 def test_bench_imports_no_ray() -> None:
     code = "import sys, bench.__main__; print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna'}))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=REPO,
@@ -87,7 +106,7 @@ def test_all_means_every_case_but_the_searches_and_cases_combine() -> None:
     assert cli.parse_args([]).cases == ["data", "train", "features", "sharing"]
     assert cli.parse_args(["--cases", "startup", "features"]).cases == ["features", "startup"]
     assert cli.parse_args(["--cases", "all", "startup"]).cases == [*cli.IN_ALL, "startup"]
-    assert cli.parse_args(["--cases", "all", "startup", "overhead", "liar", "decode", "remote"]).cases == \
+    assert cli.parse_args(["--cases", "all", "startup", "overhead", "liar", "decode", "remote", "serve"]).cases == \
         list(cli.CASES)
     assert cli.parse_args(["--quick", "--cases", "decode"]).photos == cli.PHOTOS["quick"]
     assert cli.parse_args(["--quick", "--cases", "overhead"]).cases == ["overhead"]
