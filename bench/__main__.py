@@ -34,8 +34,8 @@ from bench.cases_train import DEFAULT_ARCHS, train_cases, train_size_px
 from bench.inputs import generate
 from bench.measure import BATCH_SIZE, CPUS
 from bench.overhead import liar_cases, overhead_cases
-from bench.serve_load import serve_cases
 from bench.records import Record, add_ratios, table
+from bench.serve_load import serve_cases
 from search.data.photos import photo_folder
 from trainables.archs import ARCHS
 
