@@ -27,6 +27,7 @@ from search.driver.tune_state_copy import KeepStateCopy, repair
 from search.experiment.spec import Experiment
 from search.seam import tune_files
 from search.seam.optuna_study import bind
+from search.trial.checkpoints import remove_orphaned_scratch
 from search.state.disk import DiskFull
 from search.state.names import STUDY_FILE, round_dir
 from search.state.storage import Output
@@ -82,6 +83,7 @@ def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: 
         bind(None)  # this search's rule ends with it (a process may run another search after it)
         if retention is not None:
             retention.sweep(final=True)
+        remove_orphaned_scratch()  # this machine's; a worker node's go at its next trial's first report
 
 
 def _rounds(experiment: Experiment, output: Output, the_plan: tuning.Plan, trainable: tune.Trainable,

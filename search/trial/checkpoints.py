@@ -1,4 +1,6 @@
-"""A trial's checkpoints in OUT/train: written in place, and those Ray Train never registered removed."""
+"""A trial's checkpoints in OUT/train: written in place, and those Ray Train never registered
+removed; on Ray's documented path, the local folders they travel through, and those a killed
+worker left behind."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import contextlib
 import io
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,41 @@ from search.seam.tune_files import registered_checkpoints
 from search.state.disk import full_reason
 from search.state.names import STATE_FILE
 from search.trial.settings import CHECKPOINT_PREFIX, train_run_name
+
+# A checkpoint's local folder on Ray's documented path, named for the process that writes it.
+SCRATCH_PREFIX = "imagesearch-checkpoint-"
+
+
+def checkpoint_scratch() -> tempfile.TemporaryDirectory:
+    """A local folder for one checkpoint on its way to the run's storage (Ray's documented
+    report copies it), named for this process. Ray destroys a stopped trial's worker while its
+    last report may still be copying, so the folder's own cleanup never runs: the scratch
+    folders of processes that are gone are removed first."""
+    remove_orphaned_scratch()
+    return tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+
+
+def remove_orphaned_scratch(root: Path | None = None) -> list[Path]:
+    """Remove the checkpoint scratch folders (under `root`, the temp folder by default) whose
+    process no longer runs on this machine; returns them. Folders of live processes and any
+    other folder are left alone."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def remove_unregistered_checkpoints(train_dir: Path) -> list[Path]:

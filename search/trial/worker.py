@@ -10,7 +10,6 @@ machine's disk). On the plain path the worker hands Ray a local folder to copy, 
 from __future__ import annotations
 
 import io
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from search.seam.controller import CHECKPOINT_PATH_KEY
 from search.state.names import STATE_FILE
-from search.trial.checkpoints import full_disk_marked, write_checkpoint
+from search.trial.checkpoints import checkpoint_scratch, full_disk_marked, write_checkpoint
 from search.trial.settings import (
     BATCH_SIZE_KEY,
     BEST_STATE_KEY,
@@ -78,7 +77,7 @@ class EpochReports:
 
         from trainables.state import save_checkpoint
 
-        with tempfile.TemporaryDirectory(prefix="imagesearch-checkpoint-") as folder, \
+        with checkpoint_scratch() as folder, \
                 full_disk_marked(self.config["study_name"], self.config["trial_id"]):
             with open(Path(folder) / STATE_FILE, "wb") as file:
                 save_checkpoint(run_state, file)
