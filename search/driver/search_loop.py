@@ -27,10 +27,10 @@ from search.driver.tune_state_copy import KeepStateCopy, repair
 from search.experiment.spec import Experiment
 from search.seam import tune_files
 from search.seam.optuna_study import bind
-from search.trial.checkpoints import remove_orphaned_scratch
 from search.state.disk import DiskFull
 from search.state.names import STUDY_FILE, round_dir
 from search.state.storage import Output
+from search.trial.checkpoints import remove_orphaned_scratch
 from search.trial.settings import EpochHook
 from trainables.data import ArrayData
 
