@@ -19,7 +19,7 @@ from ray import tune
 
 from search.best import export
 from search.best.calibration import calibrate, choose_tta, softmax
-from search.best.candidates import Trial, measure_others, measure_top
+from search.best.candidates import Trial, earlier_graphs, measure_others, measure_top
 from search.best.select import TOP_K, Candidate, choose
 from search.experiment.space import hparams, recipe_points
 from search.experiment.spec import Experiment
@@ -138,7 +138,7 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
     if not any(exportable):
         print("No trial produced a model: see the error column of report.csv.", flush=True)
     else:
-        chosen, chosen_by = _select(usable, exportable, run, experiment, len(arrays.classes))
+        chosen, chosen_by = _select(usable, exportable, run, experiment, len(arrays.classes), out)
         run, best_text = _export_best(chosen, run, experiment, arrays, output, chosen_by)
         summary.update(best_trial=run.best["trial_id"], best=run.best["metrics"])
         print(best_text, flush=True)
@@ -150,17 +150,19 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
 
 
 def _select(usable: pd.DataFrame, exportable: list[bool], run: stored.StoredRun, experiment: Experiment,
-            num_classes: int) -> tuple[pd.Series, dict[str, Any]]:
+            num_classes: int, out: Path) -> tuple[pd.Series, dict[str, Any]]:
     """The trial `experiment.select` exports, from the leaderboard's top trials whose checkpoint
     is kept (`exportable`, row by row of `usable`) and their measured serving cost; and what
     meta.json and the report keep of it (the figures, the rule's outcome). The other trials are
-    measured for the plot only."""
+    measured for the plot only. Graphs an earlier finish in `out` measured (a resumed or extended
+    search) are not measured again."""
     configs = {t.trial_id: t.config for t in run.trials}
     trials = [Trial(row["trial_id"], int(row["trial_number"]), float(row[experiment.objective]),
                     hparams(configs[row["trial_id"]], experiment.weights)) for _, row in usable.iterrows()]
     top_ids = set(usable[exportable]["trial_id"].head(TOP_K))
     top, rest = [t for t in trials if t.trial_id in top_ids], [t for t in trials if t.trial_id not in top_ids]
-    by_graph: dict = {}
+    by_graph = earlier_graphs(stored.earlier_inputs(out), {t.trial_id: t.hp for t in trials}, num_classes,
+                              experiment.image_size_px)
     figures, seconds = measure_top(top, num_classes, experiment.image_size_px, by_graph)
     candidates = [Candidate(f["trial_id"], f["trial_number"], f["objective"], f.get("batch1_p50_ms")) for f in figures]
     selection = choose(candidates, experiment.select, experiment.tolerance, experiment.objective, experiment.mode)

@@ -73,6 +73,28 @@ def measure_others(trials: list[Trial], num_classes: int, image_size_px: int, by
     return rows
 
 
+def earlier_graphs(inputs: dict[str, Any] | None, hps: dict[str, HParams], num_classes: int,
+                   image_size_px: int) -> Graphs:
+    """The figures an earlier finish of this search measured (its report_inputs.json, `inputs`),
+    by graph, where they still hold: the same classes and image size, measured on a machine like
+    this one (`serving.machine`), without error. A resumed or extended search measures only the
+    graphs it has not measured yet. `hps`: the hyperparameters of this search's trials, by id."""
+    try:
+        facts, best = inputs["facts"], inputs["best"]
+        earlier = {k: best["serving"]["onnxruntime_cpu"].get(k) for k in serving.machine()}
+        if earlier != serving.machine() or (len(facts["classes"]), facts["image_size_px"]) != \
+                (num_classes, image_size_px):
+            return {}
+        rows = [*best.get("serving_top_k", []), *best.get("serving_others", [])]
+    except (KeyError, TypeError, AttributeError):  # no earlier finish, one without a model, an older run
+        return {}
+    graphs: Graphs = {}
+    for row in rows:
+        if isinstance(row, dict) and row.get("trial_id") in hps and all(name in row for name in FIGURES):
+            graphs.setdefault(graph_key(hps[row["trial_id"]]), {name: row[name] for name in FIGURES})
+    return graphs
+
+
 def _row(trial: Trial, figures: dict[str, Any]) -> dict[str, Any]:
     return {"trial_id": trial.trial_id, "trial_number": trial.trial_number, "objective": trial.objective,
             "arch": trial.hp.arch, **figures}

@@ -62,8 +62,14 @@ def onnxruntime_cpu(onnx_file: Path, input_name: str, image_size_px: int,
     return {"batch1_p50_ms": round(statistics.median(latencies_ms), 3),
             "batch1_p95_ms": round(latencies_ms[min(len(latencies_ms) - 1, int(0.95 * len(latencies_ms)))], 3),
             "batch1_runs": len(latencies_ms),
-            f"batch{THROUGHPUT_BATCH}_images_per_s": round(THROUGHPUT_BATCH / min(batches), 1),
-            "cpus": _cpus(), "cpu": platform.processor() or platform.machine(), "onnxruntime": ort.__version__}
+            f"batch{THROUGHPUT_BATCH}_images_per_s": round(THROUGHPUT_BATCH / min(batches), 1), **machine()}
+
+
+def machine() -> dict[str, Any]:
+    """What the figures depend on besides the graph: the CPUs this process may use, the CPU, onnxruntime."""
+    import onnxruntime as ort
+
+    return {"cpus": _cpus(), "cpu": platform.processor() or platform.machine(), "onnxruntime": ort.__version__}
 
 
 def _timed(call: Any, runs: int, budget_s: float) -> list[float]:

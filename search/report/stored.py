@@ -106,6 +106,15 @@ def store(out: Path, run: StoredRun) -> None:
         np.savez_compressed(out / GRID_FILE, indices=run.grid[0], images=run.grid[1])
 
 
+def earlier_inputs(out: Path) -> dict[str, Any] | None:
+    """The report_inputs.json an earlier finish of the search in `out` wrote, as stored; None
+    when there is none or it cannot be read (whoever uses it checks what it needs)."""
+    try:
+        return json.loads((out / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def load(out: Path) -> StoredRun:
     """Read a search stored in `out`; `MissingRun` when there is none."""
     inputs_path = out / INPUTS_FILE
