@@ -81,9 +81,9 @@ def earlier_graphs(inputs: dict[str, Any] | None, hps: dict[str, HParams], num_c
     graphs it has not measured yet. `hps`: the hyperparameters of this search's trials, by id."""
     try:
         facts, best = inputs["facts"], inputs["best"]
-        earlier = {k: best["serving"]["onnxruntime_cpu"].get(k) for k in serving.machine()}
-        if earlier != serving.machine() or (len(facts["classes"]), facts["image_size_px"]) != \
-                (num_classes, image_size_px):
+        here = serving.machine()
+        measured_on = {k: best["serving"]["onnxruntime_cpu"].get(k) for k in here}
+        if measured_on != here or (len(facts["classes"]), facts["image_size_px"]) != (num_classes, image_size_px):
             return {}
         rows = [*best.get("serving_top_k", []), *best.get("serving_others", [])]
     except (KeyError, TypeError, AttributeError):  # no earlier finish, one without a model, an older run

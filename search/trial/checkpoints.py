@@ -26,9 +26,8 @@ SCRATCH_PREFIX = "imagesearch-checkpoint-"
 def checkpoint_scratch() -> tempfile.TemporaryDirectory:
     """A local folder for one checkpoint on its way to the run's storage (Ray's documented
     report copies it), named for this process. Ray destroys a stopped trial's worker while its
-    last report may still be copying, so the folder's own cleanup never runs: the scratch
-    folders of processes that are gone are removed first."""
-    remove_orphaned_scratch()
+    last report may still be copying, so the folder's own cleanup never runs: the next run's
+    worker removes it (`remove_orphaned_scratch`)."""
     return tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from search.seam.controller import CHECKPOINT_PATH_KEY
 from search.state.names import STATE_FILE
-from search.trial.checkpoints import checkpoint_scratch, full_disk_marked, write_checkpoint
+from search.trial.checkpoints import checkpoint_scratch, full_disk_marked, remove_orphaned_scratch, write_checkpoint
 from search.trial.settings import (
     BATCH_SIZE_KEY,
     BEST_STATE_KEY,
@@ -44,6 +44,8 @@ class EpochReports:
         self.report_s = 0.0
         self.writing: threading.Event | None = None
         self.storage = controller.RunStorage() if config["fast_path"] else None
+        if self.storage is None:  # once a run, not every epoch: what killed workers left on this machine
+            remove_orphaned_scratch()
 
     def __call__(self, metrics: dict[str, float], run_state: dict[str, Any]) -> None:
         """`fit`'s report callback, after every epoch."""

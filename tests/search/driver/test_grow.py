@@ -104,8 +104,8 @@ def test_a_finished_search_extended_by_resume_runs_more_trials_in_the_same_study
     report = pd.read_csv(out / "report.csv")
     # the graphs the first finish measured are not exported and timed again (their figures, timings
     # included, are the first finish's to the digit; a new measurement's timings would differ)
-    again = {row["trial_id"]: row for row in json.loads((out / "report_inputs.json").read_text())["best"]
-             ["serving_top_k"] + json.loads((out / "report_inputs.json").read_text())["best"]["serving_others"]}
+    best = json.loads((out / "report_inputs.json").read_text())["best"]
+    again = {row["trial_id"]: row for row in best["serving_top_k"] + best["serving_others"]}
     assert measured and all(again[row["trial_id"]] == row for row in measured), (measured, again)
     assert len(report) == 4 and first <= set(report["trial_id"]) and sorted(report["trial_number"]) == [1, 2, 3, 4]
     assert (out / "tune-2").is_dir() and not (out / "tune-3").exists()

@@ -47,8 +47,8 @@ def test_on_a_ray_whose_file_names_were_not_checked_a_missing_record_keeps_every
     assert sorted(p.name for p in run.iterdir()) == ["epoch-0001", "epoch-0002"]
 
 
-def test_a_checkpoint_folder_left_by_a_killed_worker_goes_at_the_next_report(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_checkpoint_folder_left_by_a_killed_worker_goes_when_the_next_run_reports(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On Ray's documented path a checkpoint travels through a local folder; Ray destroys a stopped
     trial's worker while its last report may still be copying it, so that folder outlived every
     such trial in /tmp (13 MB each for a small CNN, 130 for an unfrozen Inception)."""
@@ -67,6 +67,11 @@ def test_a_checkpoint_folder_left_by_a_killed_worker_goes_at_the_next_report(tmp
     [orphan] = tmp_path.glob(f"{SCRATCH_PREFIX}*")
     other = tmp_path / "imagesearch-checkpoint-notapid"  # not ours to judge
     other.mkdir()
+    # The next run's reports, in a process of their own (the worker's module patches Ray Train where imported).
+    next_run = ("from search.trial.worker import EpochReports\n"
+                "config = {'objective': 'val_acc', 'mode': 'max', 'fast_path': False}\n"
+                "EpochReports(config, rank=0, best=None, extra={})")
+    subprocess.run([sys.executable, "-c", next_run], env={**os.environ, "TMPDIR": str(tmp_path)}, check=True)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with checkpoint_scratch() as folder:
         assert not orphan.exists() and other.exists()
