@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from ray import tune
 
 from search.best import export
 from search.best.calibration import calibrate, choose_tta, softmax
-from search.best.candidates import Trial, earlier_graphs, measure_others, measure_top
-from search.best.select import TOP_K, Candidate, choose
+from search.best.candidates import Trial, earlier_graphs, measure_model, measure_others, measure_top
+from search.best.combine import ENSEMBLE_ID, Member, Tried, try_ensemble
+from search.best.select import TOP_K, Candidate, Selection, choose
 from search.experiment.space import hparams, recipe_points
 from search.experiment.spec import Experiment
 from search.report import stored, table
@@ -138,8 +140,10 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
     if not any(exportable):
         print("No trial produced a model: see the error column of report.csv.", flush=True)
     else:
-        chosen, chosen_by = _select(usable, exportable, run, experiment, len(arrays.classes), out)
-        run, best_text = _export_best(chosen, run, experiment, arrays, output, chosen_by)
+        top = usable[exportable].head(TOP_K)
+        tried = _try_ensemble(top, run, experiment, arrays, output)
+        chosen, chosen_by = _select(usable, exportable, run, experiment, len(arrays.classes), out, tried)
+        run, best_text = _export_best(chosen, run, experiment, arrays, output, chosen_by, tried)
         summary.update(best_trial=run.best["trial_id"], best=run.best["metrics"])
         print(best_text, flush=True)
     stored.store(out, run)
@@ -149,13 +153,31 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
     return summary
 
 
+def _try_ensemble(top: pd.DataFrame, run: stored.StoredRun, experiment: Experiment, arrays: ArrayData,
+                  output: Output) -> Tried | None:
+    """The ensemble of the leaderboard's `top` trials (kept checkpoints, the best first), or None
+    when `Experiment.ensemble` is "off" or fewer than two trials could be members."""
+    if experiment.ensemble == "off" or len(top) < 2:
+        return None
+    configs = {t.trial_id: t.config for t in run.trials}
+    try:
+        members = [Member(row["trial_id"], hparams(configs[row["trial_id"]], experiment.weights),
+                          load_state(output, output.checkpoint(row["checkpoint_path"]), STATE_FILE))
+                   for _, row in top.iterrows()]
+    except Exception as err:  # noqa: BLE001 (a member's checkpoint unreadable: the single trial goes out)
+        return Tried(list(top["trial_id"]), error=f"not tried: {type(err).__name__}: {err}"[:300])
+    print(f"Trying an ensemble of the top {len(members)} trials on the val split ...", flush=True)
+    return try_ensemble(members, arrays, experiment.seed)
+
+
 def _select(usable: pd.DataFrame, exportable: list[bool], run: stored.StoredRun, experiment: Experiment,
-            num_classes: int, out: Path) -> tuple[pd.Series, dict[str, Any]]:
+            num_classes: int, out: Path, tried: Tried | None = None) -> tuple[pd.Series, dict[str, Any]]:
     """The trial `experiment.select` exports, from the leaderboard's top trials whose checkpoint
     is kept (`exportable`, row by row of `usable`) and their measured serving cost; and what
     meta.json and the report keep of it (the figures, the rule's outcome). The other trials are
     measured for the plot only. Graphs an earlier finish in `out` measured (a resumed or extended
-    search) are not measured again."""
+    search) are not measured again. A kept ensemble (`tried`) is exported with `select="accuracy"`;
+    with "fastest_within=D" it is one more candidate, measured like the trials."""
     configs = {t.trial_id: t.config for t in run.trials}
     trials = [Trial(row["trial_id"], int(row["trial_number"]), float(row[experiment.objective]),
                     hparams(configs[row["trial_id"]], experiment.weights)) for _, row in usable.iterrows()]
@@ -166,23 +188,47 @@ def _select(usable: pd.DataFrame, exportable: list[bool], run: stored.StoredRun,
     figures, seconds = measure_top(top, num_classes, experiment.image_size_px, by_graph)
     candidates = [Candidate(f["trial_id"], f["trial_number"], f["objective"], f.get("batch1_p50_ms")) for f in figures]
     selection = choose(candidates, experiment.select, experiment.tolerance, experiment.objective, experiment.mode)
-    chosen = usable[usable["trial_id"] == selection.chosen.trial_id].iloc[0]
+    if tried is not None and tried.kept and tried.decision is not None:
+        objective = getattr(tried.decision, experiment.objective)
+        if experiment.tolerance is None:
+            ensemble = Candidate(ENSEMBLE_ID, 0, objective, None)
+            selection = Selection(experiment.select, None, selection.best, ensemble, None,
+                                  f"select={experiment.select!r}: the ensemble of the top trials is exported "
+                                  f"({tried.decision.reason}).")
+        else:
+            started = time.perf_counter()
+            tried.figures = measure_model(tried.model, experiment.image_size_px)
+            seconds += round(time.perf_counter() - started, 2)
+            ensemble = Candidate(ENSEMBLE_ID, 0, objective, tried.figures.get("batch1_p50_ms"))
+            selection = choose([ensemble, *candidates], experiment.select, experiment.tolerance,
+                               experiment.objective, experiment.mode)
+    lead = selection.best.trial_id if selection.chosen.trial_id == ENSEMBLE_ID else selection.chosen.trial_id
+    if lead == ENSEMBLE_ID:  # the ensemble has the best objective: its best member leads it
+        lead = tried.candidates[0]
+    chosen = usable[usable["trial_id"] == lead].iloc[0]
     others = measure_others(rest, num_classes, experiment.image_size_px, by_graph)
     return chosen, {"selection": {**selection.to_dict(), "measure_s": seconds}, "serving_top_k": figures,
                     "serving_others": others, "serving_unmeasured": len(rest) - len(others)}
 
 
 def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment, arrays: ArrayData,
-                 output: Output, chosen_by: dict[str, Any]) -> tuple[stored.StoredRun, str]:
-    """Export the chosen trial's model (`chosen_by`: why, see `_select`), evaluate it on test/;
-    the run with its results, and what to print."""
+                 output: Output, chosen_by: dict[str, Any], tried: Tried | None = None) -> tuple[stored.StoredRun, str]:
+    """Export the chosen trial's model, or the ensemble of the top trials that `best` leads
+    (`chosen_by`: why, see `_select`; `tried`: the ensemble), evaluate it on test/; the run with
+    its results, and what to print."""
     config = next(t.config for t in run.trials if t.trial_id == best["trial_id"])
     hp = hparams(config, experiment.weights)
     metrics = {k: float(best[k]) for k in ("val_acc", "val_loss", "train_acc", "train_loss")}
     metrics["epochs_run"] = int(best["epochs"])
     state = load_state(output, output.checkpoint(best["checkpoint_path"]), STATE_FILE)
-    # The checkpoint holds what training changed; the frozen backbone comes back from its weights file or seed.
-    model = restore_model(len(arrays.classes), hp, state)
+    as_ensemble = chosen_by["selection"]["chosen"]["trial_id"] == ENSEMBLE_ID and tried is not None and tried.kept
+    if as_ensemble:
+        model, members = tried.model, tried.members
+        # What the ensemble reaches on val (in-sample), in place of its best member's figures.
+        metrics.update(val_acc=tried.decision.val_acc, val_loss=tried.decision.val_loss)
+    else:
+        # The checkpoint holds what training changed; the frozen backbone comes back from its weights file or seed.
+        model, members = restore_model(len(arrays.classes), hp, state), None
     # test/ is used once, here, for the chosen model only: it never steers the search.
     predictions, test_loss, calibrated, tta = _evaluate_on_test(model, arrays, experiment.test_time_augmentation)
     test_acc = float((predictions["true"] == predictions["predicted"]).mean())
@@ -191,19 +237,25 @@ def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment,
     exported = export.export_best(output.local, {"epoch": state["epoch"], "model": model.cpu().state_dict()},
                                   arrays.classes, hp, metrics, best["trial_id"], experiment.image_size_px,
                                   temperature=calibrated["temperature"], tta=tta,
-                                  extra={k: chosen_by[k] for k in ("selection", "serving_top_k")})
+                                  extra={**{k: chosen_by[k] for k in ("selection", "serving_top_k")},
+                                         **({"ensemble": tried.to_dict()} if tried else {})},
+                                  members=members)
     serving = json.loads((exported / META_FILE).read_text()).get("serving")
     shown = table.grid_indices(predictions)
     run = stored.StoredRun(
         run.facts, run.trials, run.history, predictions=predictions, grid=(shown, arrays.test.images[shown]),
         best={"trial_id": best["trial_id"], "trial_number": int(best["trial_number"]), "epoch": int(state["epoch"]),
               "hparams": hp.to_dict(), "metrics": metrics, "test_images": len(predictions),
-              "calibration": calibrated, "tta": tta, "serving": serving, **chosen_by})
+              "calibration": calibrated, "tta": tta, "serving": serving, **chosen_by,
+              **({"ensemble": {**tried.to_dict(), "exported": as_ensemble}} if tried else {})})
     selection = chosen_by["selection"]
     word = "Best" if selection["chosen"] == selection["best"] else "Chosen"
-    text = (f"\n{word} trial {best['trial_id']} ({hp.arch}): val_acc {metrics['val_acc']:.3f}, "
+    what = (f"ensemble of {len(members)} trials led by trial {best['trial_id']} ({hp.arch})" if as_ensemble
+            else f"trial {best['trial_id']} ({hp.arch})")
+    text = (f"\n{word} {what}: val_acc {metrics['val_acc']:.3f}, "
             f"test_acc {test_acc:.3f} on {len(predictions)} test images.\n"
             + (f"{selection['reason']}\n" if selection["tolerance"] is not None else "")
+            + (f"Ensemble of the top {len(tried.candidates)} trials: {tried.to_dict()['reason']}.\n" if tried else "")
             + f"Serving cost of the top {len(chosen_by['serving_top_k'])} trials measured in "
             f"{selection['measure_s']:.1f} s (in the report and best/{META_FILE}).\n"
             f"Exported to {output.display(BEST_DIR)}. Use it: from search import load_best; "

@@ -44,6 +44,9 @@ PartArrays = tuple[np.ndarray, str]
 ShareFeatures = Callable[[str, int, Callable[[int], PartArrays]], tuple[list[PartArrays], int]]
 # report(metrics, state): metrics of the epoch just finished; state (`trainables.state.checkpoint`) resumes the run.
 LAST_METRICS = "metrics"  # a checkpoint's copy of what its epoch reported
+# A checkpoint's val logits [val images, classes] (float32, ~4 bytes x classes per image): the
+# top trials' ensemble is chosen from them (search/best/ensemble.py) without running any model again.
+VAL_LOGITS = "val_logits"
 ReportFn = Callable[[dict[str, float], dict[str, Any]], None]
 
 
@@ -137,11 +140,11 @@ class FeatureCache:
         return self.train[views, torch.as_tensor(idx, device=self.train.device)]
 
     @torch.no_grad()
-    def evaluate(self, model: BackboneClassifier, labels: np.ndarray) -> tuple[float, float]:
-        """(loss, accuracy) of `model` on the val images: its head on their cached features."""
+    def val_logits(self, model: BackboneClassifier) -> torch.Tensor:
+        """`model`'s logits for the val images (float32, CPU): its head on their cached features."""
         model.eval()
         with _autocast(self.val.device):
-            return _loss_and_accuracy(model.head(self.val).float().cpu(), labels)
+            return model.head(self.val).float().cpu()
 
 
 @dataclass(frozen=True)
@@ -320,17 +323,15 @@ def fit(hp: HParams, data: ArrayData, max_epochs: int, report: ReportFn, *,
         if not np.isfinite(loss_sum):
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch} (lr {hp.lr:g}): diverged")
         _check(stop, epoch)
-        if features is None:
-            val_loss, val_acc = evaluate(model, data.val, device)
-        else:
-            val_loss, val_acc = features.evaluate(model, data.val.labels)
+        val_logits = predict_logits(model, data.val.images, device) if features is None else features.val_logits(model)
+        val_loss, val_acc = _loss_and_accuracy(val_logits, data.val.labels)
         train_time_s += time.perf_counter() - started
         metrics = {"epoch": epoch, "train_images": int(seen), "train_loss": loss_sum / seen,
                    "train_acc": correct / seen, "val_loss": val_loss, "val_acc": val_acc, "train_time_s": train_time_s}
         if features is not None:
             metrics.update(features_s=features_s, features_parts=mine / parts, features_shared=int(mine == 0))
         report(metrics, checkpoint(model, optimizer, frozen, epoch=epoch, train_time_s=train_time_s, seed=seed,
-                                   batch_size=batch_size, **{LAST_METRICS: metrics}))
+                                   batch_size=batch_size, **{LAST_METRICS: metrics, VAL_LOGITS: val_logits}))
     return model
 
 

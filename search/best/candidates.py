@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from search.best import serving
 from search.best.onnx import export_onnx
 from trainables.hparams import HParams
@@ -104,7 +106,16 @@ def measure_graph(hp: HParams, num_classes: int, image_size_px: int) -> dict[str
     """Parameters, ONNX size and onnxruntime CPU figures of `hp`'s graph with random weights,
     or {"error": why} (a measurement: a failure is recorded, never raised)."""
     try:
-        model = create_model(num_classes, hp, load_weights=False).eval()
+        model = create_model(num_classes, hp, load_weights=False)
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {err}"[:300]}
+    return measure_model(model, image_size_px)
+
+
+def measure_model(model: nn.Module, image_size_px: int) -> dict[str, Any]:
+    """`FIGURES` of `model` (its graph, exported to ONNX in a temporary folder), or {"error": why}."""
+    try:
+        model = model.eval()
         figures: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters())}
         with tempfile.TemporaryDirectory(prefix="candidate-") as folder:
             onnx = export_onnx(model, Path(folder), image_size_px, quick=True)

@@ -33,6 +33,7 @@ from trainables.loop import MEAN, STD
 from trainables.models import create_model
 
 META_DIGEST = "meta_sha256"  # meta.json's field holding the sha256 of the rest of it
+ENSEMBLE = "ensemble"  # meta.json's "arch" of an exported ensemble (search.best.ensemble)
 
 
 def build_model(classes: list[str] | tuple[str, ...], hp: HParams, weights: dict[str, Any]) -> nn.Module:
@@ -45,6 +46,22 @@ def build_model(classes: list[str] | tuple[str, ...], hp: HParams, weights: dict
     # them; the layout they imply (Inception's [-1, 1] input scaling) is kept.
     model = create_model(len(classes), hp, load_weights=False)
     problem = _misfit(model.state_dict(), weights, len(classes), hp.arch)
+    if problem:
+        raise ValueError(problem)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def build_exported(meta: dict[str, Any], weights: dict[str, Any]) -> nn.Module:
+    """The model meta.json describes, with these weights, in eval mode on the CPU: one trial's
+    architecture (`config`), or an ensemble of trials (`arch` "ensemble", its `members`).
+    Raises ValueError as `build_model` does."""
+    if meta.get("arch") != ENSEMBLE:
+        return build_model(meta["classes"], HParams.from_dict(meta["config"]), weights)
+    from search.best import ensemble  # noqa: PLC0415 (ensemble imports calibration; a plain export needs neither)
+
+    model = ensemble.build(len(meta["classes"]), meta["members"])
+    problem = _misfit(model.state_dict(), weights, len(meta["classes"]), ENSEMBLE)
     if problem:
         raise ValueError(problem)
     model.load_state_dict(weights)
@@ -78,7 +95,8 @@ def meta_sha256(meta: dict[str, Any]) -> str:
 
 def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: HParams,
                 metrics: dict[str, Any], trial_id: str, image_size_px: int, temperature: float = 1.0,
-                tta: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+                tta: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                members: list[dict[str, Any]] | None = None) -> Path:
     """Write `out/best/` from `state`: the whole model's state dict ("model", every weight, as
     `trainables.state.restore_model` rebuilds it from a checkpoint) and its "epoch"; replaces an
     earlier export atomically.
@@ -88,11 +106,15 @@ def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: 
     logits before the softmax for calibrated probabilities; `tta` says whether the logits are
     the mean of the image's and its mirror's ("mode": "flip") and what that was measured to give.
     `extra` adds fields to meta.json (why this trial was selected, the top trials' serving cost).
+    `members` (an ensemble's: each one's trial_id, config, backbone, temperature and weight, as
+    `search.best.ensemble.build` reads them): `state["model"]` is the ensemble's, `hp` and
+    `trial_id` its best member's; meta.json's "arch" is "ensemble" and its "config" null.
     """
     meta = {
         "classes": list(classes),
-        "arch": hp.arch,
-        "config": hp.to_dict(),
+        "arch": ENSEMBLE if members else hp.arch,
+        "config": None if members else hp.to_dict(),
+        **({"members": members} if members else {}),
         "metrics": metrics,
         "trial_id": trial_id,
         "epoch": state["epoch"],
@@ -110,7 +132,7 @@ def export_best(out: Path, state: dict[str, Any], classes: tuple[str, ...], hp: 
     staging.mkdir(parents=True)
     try:
         torch.save(state["model"], staging / MODEL_FILE)
-        model = build_model(classes, hp, state["model"])
+        model = build_exported(meta, state["model"])
         meta["onnx"] = export_onnx(model, staging, image_size_px)
         if "error" in meta["onnx"]:
             print(f"warning: {out / BEST_DIR / ONNX_FILE} not written ({meta['onnx']['error']}); model.pt is "

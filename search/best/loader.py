@@ -13,11 +13,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from search.best.export import META_DIGEST, build_model, meta_sha256
+from search.best.export import META_DIGEST, build_exported, meta_sha256
 from search.state.names import BEST_DIR, META_FILE, MODEL_FILE
 from trainables.data import decode, file_sha256
 from trainables.folders import is_image_file
-from trainables.hparams import HParams
 from trainables.loop import default_device, predict_logits
 
 RERUN = "re-run the search or re-export"
@@ -149,8 +148,8 @@ def load_best(out: str | Path, device: str | torch.device | None = None) -> Pred
     model_path = Path(out) / BEST_DIR / MODEL_FILE
     weights = torch.load(model_path, map_location="cpu", weights_only=True)
     try:
-        model = build_model(meta["classes"], HParams.from_dict(meta["config"]), weights)
-    except ValueError as err:  # the weights do not fit meta.json's classes or config
+        model = build_exported(meta, weights)
+    except (ValueError, KeyError, TypeError) as err:  # the weights do not fit meta.json's classes or config
         raise ExportError(f"{model_path}: does not fit {META_FILE}: {err}; {REEXPORT}") from None
     target = torch.device(device) if device else default_device()
     return Predictor(model.to(target), meta, target)

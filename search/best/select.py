@@ -89,9 +89,12 @@ class Reach:
     within: float | None = None
 
 
-def reach(tolerance: float | None) -> Reach:
+def reach(tolerance: float | None, ensemble: bool = False) -> Reach:
     """The reach of `Experiment.select`: "accuracy" (`tolerance` None) exports the best trial;
-    "fastest_within=D" one of the top `TOP_K` within D of the best."""
+    "fastest_within=D" one of the top `TOP_K` within D of the best. With `ensemble`
+    (`Experiment.ensemble="auto"`), any of the top `TOP_K` may be a member of the exported model."""
+    if ensemble:
+        return Reach(TOP_K)
     return Reach(1) if tolerance is None else Reach(TOP_K, tolerance)
 
 

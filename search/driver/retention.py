@@ -3,11 +3,16 @@
 A running trial keeps what Ray Train keeps for it: its best checkpoint and its latest (the one
 a resume starts from). A trial that has ended never trains again, so it keeps only its best
 checkpoint, without the optimizer's state that only a resume needs, and only while it could
-still be exported (`reach`): with `select="accuracy"`,
-while no ended trial is strictly better; with `select="fastest_within=D"`, while fewer than
-`TOP_K` ended trials are strictly better (the rule picks among the top `TOP_K`) and the best
-ended trial is not more than D better. The objective of an ended trial is fixed and a running
-trial's only improves, so a trial that falls out of reach never comes back. Ties keep both.
+still be exported: by `select` (`reach`), with `select="accuracy"` while no ended trial is
+strictly better, with `select="fastest_within=D"` while fewer than `TOP_K` ended trials are
+strictly better (the rule picks among the top `TOP_K`) and the best ended trial is not more
+than D better; or, with `ensemble="auto"` (the default), as a member of the ensemble: among the
+top `TOP_K` ended trials, those that greedy selection (search/best/ensemble.py) gives a weight,
+fitted on the val logits their best checkpoints keep, exactly as the export will. A trial whose
+logits cannot be read (a checkpoint of an older version, its best folder unknown to this
+process) is kept. The objective of an ended trial is fixed and a running trial's only improves,
+so a trial that falls out of `select`'s reach never comes back; one the ensemble left out could
+have joined a later ensemble, which is then chosen without it. Ties keep both.
 
 Ended trials and their objectives are read from the study (the search's truth, across rounds
 and resumes). Which of a trial's folders is its best is known from the reports this process
@@ -24,17 +29,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
 import pyarrow.fs as pafs
 from ray import tune
 
-from search.best.select import Reach, exportable, reach
+from search.best.ensemble import fit
+from search.best.select import TOP_K, Reach, exportable, reach
 from search.driver.study import TUNE_TRIAL_ID, load, search_trials
 from search.experiment.spec import Experiment
 from search.seam.controller import CHECKPOINT_PATH_KEY
 from search.state.names import TRAIN_DIR
 from search.state.storage import Output
-from search.trial.checkpoints import slim_checkpoint
+from search.trial.checkpoints import read_val_logits, slim_checkpoint
 from search.trial.settings import CHECKPOINT_PREFIX, train_run_name
 
 logger = logging.getLogger(__name__)
@@ -51,9 +58,12 @@ class Retention:
     """Frees the checkpoints of ended trials that are no longer needed, in a search's `output`."""
 
     @classmethod
-    def of(cls, experiment: Experiment, output: Output, study_url: str) -> Retention:
+    def of(cls, experiment: Experiment, output: Output, study_url: str,
+           val_labels: np.ndarray | None = None) -> Retention:
+        """`val_labels`: the val split's, with which an ensemble's members are chosen; without
+        them (or with `ensemble="off"`) only `select` keeps trials."""
         return cls(output, study_url, experiment.name, experiment.objective, experiment.mode,
-                   reach(experiment.tolerance))
+                   reach(experiment.tolerance), val_labels if experiment.ensemble == "auto" else None)
 
     output: Output
     study_url: str
@@ -61,12 +71,14 @@ class Retention:
     objective: str
     mode: str
     rule: Reach
+    val_labels: np.ndarray | None = None
     # trial id -> (its best objective reported to this process, that epoch's checkpoint folder)
     best_seen: dict[str, tuple[float, str]] = field(default_factory=dict)
     settled: set[str] = field(default_factory=set)  # trials freed entirely: nothing more to do
     trimmed: set[str] = field(default_factory=set)  # trials left with their best checkpoint alone
     slimmed: set[str] = field(default_factory=set)  # ... and that checkpoint without the optimizer's state
     freed_bytes: int = 0
+    logits: dict[str, np.ndarray] = field(default_factory=dict)  # trial id -> its best checkpoint's val logits
 
     def note(self, trial_id: str, result: dict[str, Any]) -> None:
         """Remember the folder of a trial's best report so far (the latest, on ties: as Ray Train)."""
@@ -93,11 +105,41 @@ class Retention:
             logger.warning("checkpoints of ended trials not freed: the study could not be read (%s)", err)
             return
         kept = exportable(values, self.mode, self.rule)
+        if self.val_labels is not None:
+            kept |= self._members(exportable(values, self.mode, Reach(TOP_K)), values)
         for trial_id in values.keys() - self.settled - set(later):
             try:
                 self._settle(trial_id, values[trial_id], trial_id in kept)
             except Exception as err:  # noqa: BLE001 (see the docstring)
                 logger.warning("checkpoints of trial %s not freed: %s", trial_id, err)
+
+    def _members(self, top: set[str], values: dict[str, float]) -> set[str]:
+        """The trials of `top` the ensemble could use: those greedy selection weighs, and those
+        whose val logits cannot be read (kept: nothing is freed on what could not be read)."""
+        sign = 1.0 if self.mode == "max" else -1.0
+        ranked = sorted(top, key=lambda t: -sign * values[t])  # the best first, as the export ranks them
+        found = {t: self._val_logits(t, values[t]) for t in ranked}
+        readable = [t for t in ranked if found[t] is not None]
+        if len(readable) < 2:
+            return set(ranked)
+        weights = fit(np.stack([found[t] for t in readable]), self.val_labels).weights
+        return {t for t in ranked if found[t] is None} | {t for t, w in zip(readable, weights) if w > 0}
+
+    def _val_logits(self, trial_id: str, value: float) -> np.ndarray | None:
+        if trial_id in self.logits:
+            return self.logits[trial_id]
+        best = self.best_seen.get(trial_id)
+        if best is None or best[0] != value:
+            return None
+        try:
+            logits = read_val_logits(self.output.filesystem, f"{self._run(trial_id)}/{best[1]}")
+        except Exception as err:  # noqa: BLE001 (the trial is kept: see _members)
+            logger.warning("val logits of trial %s not read: %s", trial_id, err)
+            return None
+        if logits is None or logits.shape[0] != len(self.val_labels):
+            return None
+        self.logits[trial_id] = logits
+        return logits
 
     def _settle(self, trial_id: str, value: float, in_reach: bool) -> None:
         if not in_reach:

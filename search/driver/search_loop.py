@@ -75,7 +75,7 @@ def search(experiment: Experiment, output: Output, arrays: ArrayData, the_plan: 
     bind(tuning.study_url(output.local), rule)  # the study of this OUT, wherever it was when the search began
     retention = None
     if experiment.checkpoints == "exportable":
-        retention = Retention.of(experiment, output, tuning.study_url(output.local))
+        retention = Retention.of(experiment, output, tuning.study_url(output.local), arrays.val.labels)
     try:
         return _rounds(experiment, output, the_plan, trainable, rule, resume, stopped, warm_start, callbacks,
                        retention)

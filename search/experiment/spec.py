@@ -196,6 +196,9 @@ class Experiment:
     # ended one its best only while it could still be exported (search/driver/retention.py);
     # "all", every epoch's of every trial.
     checkpoints: Literal["exportable", "all"] = "exportable"
+    # At export: "auto" tries an ensemble of the top trials (search/best/ensemble.py) and exports
+    # it only when it beats the best trial on held-out folds of val; "off" exports one trial.
+    ensemble: Literal["auto", "off"] = "auto"
 
     def __post_init__(self) -> None:
         require("Experiment.name", self.name, bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name)),
@@ -218,6 +221,8 @@ class Experiment:
         select_tolerance(self.select)
         require("Experiment.checkpoints", self.checkpoints, self.checkpoints in ("exportable", "all"),
                 "'exportable' (an ended trial keeps its best checkpoint while it could be exported) or 'all'")
+        require("Experiment.ensemble", self.ensemble, self.ensemble in ("auto", "off"),
+                "'auto' (an ensemble of the top trials, exported when it beats the best one on val) or 'off'")
 
     def _check_recipe(self, field: str, recipe: Mapping[str, Any]) -> None:
         """A recipe's values must lie in the searched domains (else the search could never compare

@@ -82,7 +82,9 @@ def _verdict(frame: pd.DataFrame, run: StoredRun, importances: dict[str, float] 
     word = "highest" if facts.mode == "max" else "lowest"
     why = f"**{objective} {metrics[objective]:.4g}** at epoch {best['epoch']}"
     others = frame.drop(index=position)[objective].dropna()
-    if chosen_over_best(best):  # select= exported a faster trial: the next item says why
+    if (best.get("ensemble") or {}).get("exported"):  # the ensemble's item says what it is made of
+        why = f"**{objective} {metrics[objective]:.4g}** on val for the ensemble."
+    elif chosen_over_best(best):  # select= exported a faster trial: the next item says why
         why += "."
     else:
         why += f": the {word} {objective} of all {len(frame)} trials"
@@ -98,6 +100,8 @@ def _verdict(frame: pd.DataFrame, run: StoredRun, importances: dict[str, float] 
              f"Parameters: {_params_text(best['hparams'])}.", ran]
     if selection_text(best):
         items.insert(1, selection_text(best))
+    if ensemble_text(best, objective):
+        items.insert(1, ensemble_text(best, objective))
     if importances:
         top = ", ".join(f"{name} ({value:.2f})" for name, value in list(importances.items())[:3])
         items.append(f"Parameters that mattered most (Optuna importance): {top}.")
@@ -105,9 +109,35 @@ def _verdict(frame: pd.DataFrame, run: StoredRun, importances: dict[str, float] 
                  "`from search import load_best; load_best(OUT).predict(paths)`.")
     recipe = frame.at[position, "recipe"]
     label = f", recipe {recipe}" if pd.notna(recipe) else ""
+    ensemble = best.get("ensemble") or {}
+    if ensemble.get("exported"):
+        members = len(ensemble["members"])
+        return Verdict(f"Winner: an ensemble of {members} trials led by trial {best['trial_id']} "
+                       f"(#{best['trial_number']}{label}), {describe_arch(best['hparams'])}", items)
     title = "Chosen" if chosen_over_best(best) else "Winner"
     return Verdict(f"{title}: trial {best['trial_id']} (#{best['trial_number']}{label}), "
                    f"{describe_arch(best['hparams'])}", items)
+
+
+def ensemble_text(best: dict[str, Any], objective: str) -> str | None:
+    """What the ensemble of the top trials gave (`search.best.combine`): its members and weights
+    and its val figures beside the best trial's, or why it was not kept; None when not tried."""
+    ensemble = best.get("ensemble")
+    if not ensemble:
+        return None
+    if not ensemble.get("kept") or ensemble.get("val_loss") is None:
+        return f"An ensemble of the top {len(ensemble['candidates'])} trials: {ensemble['reason']}."
+    members = ", ".join(f"`{m['trial_id']}` ({m['weight']:.2g})" for m in ensemble["members"])
+    held = (f"on held-out val folds, loss {ensemble['held_out_loss']:.4g} against "
+            f"{ensemble['single_held_out_loss']:.4g} and accuracy {ensemble['held_out_acc']:.4g} against "
+            f"{ensemble['single_held_out_acc']:.4g}")
+    figures = (f"val loss {ensemble['val_loss']:.4g} against the best trial's {ensemble['single_val_loss']:.4g} "
+               f"(both calibrated), val accuracy {ensemble['val_acc']:.4g} against {ensemble['single_val_acc']:.4g}; "
+               f"{held}")
+    if ensemble.get("exported"):
+        return f"**Exported: the ensemble** of trials {members} (weights chosen on val): {figures}."
+    return (f"The ensemble of trials {members} beat the best trial ({figures}) but was not exported: "
+            f"the select rule chose a faster model.")
 
 
 def _leaderboard(frame: pd.DataFrame, objective: str) -> pd.DataFrame:

@@ -66,8 +66,9 @@ class Estimate:
     """At most what a search keeps at once (`search.driver.retention`): `running` trials at once,
     `per_running` checkpoints each (their best and latest; every epoch's with
     `Experiment.checkpoints="all"`, where every trial counts as running), the best checkpoint
-    of `ended` trials in reach of `Experiment.select`, all of up to `checkpoint_mb`; and `best/`,
-    the whole model twice (model.pt and model.onnx) of up to `model_mb`."""
+    of `ended` trials in reach of `Experiment.select` (or of the ensemble), all of up to
+    `checkpoint_mb`; and `best/`, `models` whole models (an ensemble's members) twice (model.pt
+    and model.onnx) of up to `model_mb` each."""
 
     running: int
     per_running: int
@@ -75,15 +76,17 @@ class Estimate:
     checkpoint_mb: float
     model_mb: float
     arch: str
+    models: int = 1
 
     @property
     def total_mb(self) -> float:
-        return (self.running * self.per_running + self.ended) * self.checkpoint_mb + 2 * self.model_mb
+        return (self.running * self.per_running + self.ended) * self.checkpoint_mb + 2 * self.models * self.model_mb
 
     def __str__(self) -> str:
         ended = f" and the best of {self.ended} ended trials" if self.ended else ""
+        models = f"up to {self.models} models of " if self.models > 1 else ""
         return (f"{self.running} trials x {self.per_running} checkpoints{ended}, of up to "
-                f"{self.checkpoint_mb:.3g} MB each, and best/ ({self.arch})")
+                f"{self.checkpoint_mb:.3g} MB each, and best/ ({models}{self.arch})")
 
 
 def estimate(experiment: Experiment, checkpoint_mb: float | None = None, concurrency: int | None = None) -> Estimate:
@@ -97,8 +100,9 @@ def estimate(experiment: Experiment, checkpoint_mb: float | None = None, concurr
         return Estimate(budget.trials, budget.max_epochs, 0, size, model, arch)
     fits = int((os.cpu_count() or 1) // max(res.workers * res.cpus_per_worker, 1e-9)) or 1
     running = min(budget.trials, concurrency or experiment.concurrency or fits)
-    ended = min(budget.trials, reach(experiment.tolerance).top_k)
-    return Estimate(running, min(KEEP_CHECKPOINTS + 1, budget.max_epochs), ended, size, model, arch)
+    ended = min(budget.trials, reach(experiment.tolerance, experiment.ensemble == "auto").top_k)
+    models = ended if experiment.ensemble == "auto" else 1
+    return Estimate(running, min(KEEP_CHECKPOINTS + 1, budget.max_epochs), ended, size, model, arch, models)
 
 
 def free_mb(path: str | Path) -> float:

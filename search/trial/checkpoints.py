@@ -101,6 +101,19 @@ def checkpoint_key(reported: str) -> str:
     return "/".join(reported.rstrip("/").split("/")[-2:])
 
 
+def read_val_logits(filesystem: Any, folder: str) -> Any:
+    """The val logits [images, classes] (a NumPy array) the checkpoint in `folder` (of
+    `filesystem`, pyarrow's) keeps, or None for one written without them."""
+    import torch
+
+    from trainables.loop import VAL_LOGITS
+
+    with filesystem.open_input_stream(f"{folder}/{STATE_FILE}") as stream:
+        state = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
+    logits = state.get(VAL_LOGITS)
+    return logits.float().numpy() if isinstance(logits, torch.Tensor) else None
+
+
 def slim_checkpoint(filesystem: Any, folder: str) -> int:
     """Rewrite the checkpoint in `folder` (of `filesystem`, pyarrow's) without its optimizer's
     state, which only a resume needs: an ended trial's kept checkpoint is exported, never

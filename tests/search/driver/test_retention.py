@@ -123,3 +123,37 @@ def test_a_trial_that_just_ended_is_swept_once_it_had_time_to_stop(tmp_path: Pat
     monkeypatch.setattr(KeepExportable, "GRACE_S", 0.0)
     keep.on_step_end(2, [])
     assert _kept(runs["worse"]) == [] and keep.ended == {}
+
+
+def test_with_an_ensemble_the_top_trials_greedy_selection_weighs_stay_and_the_others_go(tmp_path: Path) -> None:
+    """Of the top 5 ended trials, those the ensemble's greedy selection would use, fitted on the
+    val logits their best checkpoints keep; one whose logits cannot be read stays too."""
+    from tests.search.best.test_ensemble import two_experts
+    from trainables.loop import VAL_LOGITS
+
+    (first, second, noise), labels = two_experts()
+    logits = {"a": first, "b": second, "copy": first, "noise": noise, "old": None, "sixth": second}
+    values = {"a": 0.9, "b": 0.85, "copy": 0.84, "noise": 0.83, "old": 0.82, "sixth": 0.1}
+    out = tmp_path / "out"
+    runs = {t: _folders(out, t, range(1, 2)) for t in values}
+    for trial_id, value in logits.items():
+        if value is not None:
+            folder = runs[trial_id] / "epoch-0001"
+            save_checkpoint({**_state(folder), VAL_LOGITS: torch.as_tensor(value)}, folder / "state.pt")
+    url = _study(tmp_path, values)
+    experiment = Experiment(name="s", data=str(tmp_path))
+    retention = Retention.of(experiment, open_output(str(out), tmp_path / "work"), url, labels)
+    for trial_id, value in values.items():
+        retention.note(trial_id, {"val_acc": value, "checkpoint_path": f"{runs[trial_id]}/epoch-0001"})
+    retention.sweep()
+    kept = {t for t, run in runs.items() if _kept(run)}
+    assert kept == {"a", "b", "old"}
+    assert VAL_LOGITS in _state(runs["a"] / "epoch-0001")  # the export chooses from them again
+    # With ensemble="off", only select's reach counts: the best alone.
+    runs = {t: _folders(tmp_path / "off", t, range(1, 2)) for t in values}
+    off = Retention.of(Experiment(name="s", data=str(tmp_path), ensemble="off"),
+                       open_output(str(tmp_path / "off"), tmp_path / "work2"), url, labels)
+    for trial_id, value in values.items():
+        off.note(trial_id, {"val_acc": value, "checkpoint_path": f"{runs[trial_id]}/epoch-0001"})
+    off.sweep()
+    assert {t for t, run in runs.items() if _kept(run)} == {"a"}

@@ -24,7 +24,7 @@ from tests.search.test_cli import run_cli
 
 def test_the_estimate_counts_what_the_search_keeps_at_once_at_the_largest_architecture() -> None:
     small = Experiment(name="x", data="d", space=Space(arch="small_cnn"), budget=Budget(trials=4, max_epochs=10),
-                       concurrency=2)
+                       concurrency=2, ensemble="off")
     estimate = disk.estimate(small)
     # 2 running trials x (best + latest), the best of the 1 ended trial select="accuracy" could export,
     # and best/: the whole model as model.pt and model.onnx.
@@ -32,14 +32,19 @@ def test_the_estimate_counts_what_the_search_keeps_at_once_at_the_largest_archit
     assert estimate.total_mb == pytest.approx((2 * 2 + 1) * 37 + 2 * 13)
     assert disk.estimate(small, concurrency=1).running == 1  # the plan's figure, where known, wins
     within = Experiment(name="x", data="d", space=Space(arch="small_cnn"), budget=Budget(trials=8, max_epochs=10),
-                        concurrency=2, select="fastest_within=0.01")
+                        concurrency=2, select="fastest_within=0.01", ensemble="off")
     assert disk.estimate(within).ended == 5  # the top 5 the rule chooses among
+    # An ensemble (the default) may use any of the top 5 ended trials, and best/ holds up to 5 models.
+    assemble = disk.estimate(Experiment(name="x", data="d", space=Space(arch="small_cnn"),
+                                        budget=Budget(trials=8, max_epochs=10), concurrency=2))
+    assert (assemble.ended, assemble.models, assemble.total_mb) == (5, 5, (2 * 2 + 5) * 37 + 2 * 5 * 13)
+    assert "best/ (up to 5 models of small_cnn)" in str(assemble)
     every = Experiment(name="x", data="d", space=Space(arch="small_cnn"), budget=Budget(trials=4, max_epochs=10),
                        checkpoints="all")
     assert disk.estimate(every).total_mb == pytest.approx(4 * 10 * 37 + 2 * 13)
     mixed = Experiment(name="x", data="d", image_size_px=80,
                        space=Space(arch=Choice("small_cnn", "inception_frozen", "inception_partial")),
-                       budget=Budget(trials=2, max_epochs=1, grace_period_epochs=1), concurrency=2)
+                       budget=Budget(trials=2, max_epochs=1, grace_period_epochs=1), concurrency=2, ensemble="off")
     estimate = disk.estimate(mixed)
     assert (estimate.arch, estimate.per_running, estimate.total_mb) == ("inception_partial", 1, 3 * 157 + 2 * 109)
     assert disk.estimate(mixed, checkpoint_mb=2.0).total_mb == 6.0 + 2 * 109  # a measured checkpoint counts
@@ -47,7 +52,7 @@ def test_the_estimate_counts_what_the_search_keeps_at_once_at_the_largest_archit
 
 def test_low_space_is_warned_from_the_real_free_space(small_disks, tmp_path: Path) -> None:
     experiment = Experiment(name="x", data="d", space=Space(arch="small_cnn"), budget=Budget(trials=3, max_epochs=2),
-                            concurrency=3)
+                            concurrency=3, ensemble="off")
     out = small_disks.mount("1M") / "out"
     warning = disk.low_space_warning(experiment, out)
     assert warning is not None and "\n" not in warning
@@ -107,9 +112,9 @@ def test_check_warns_of_low_disk_space_in_one_line(small_disks, coats: Path, tmp
     proc = run_cli(str(experiment), "--check", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
-        f"warning: low disk space: {out} has 1 MB free, and this search may write up to 211 MB (2 trials x 2 "
-        "checkpoints and the best of 1 ended trials, of up to 37 MB each, and best/ (small_cnn)); when the disk "
-        "fills, the search stops with an error"]
+        f"warning: low disk space: {out} has 1 MB free, and this search may write up to 274 MB (2 trials x 2 "
+        "checkpoints and the best of 2 ended trials, of up to 37 MB each, and best/ (up to 2 models of small_cnn)); "
+        "when the disk fills, the search stops with an error"]
 
 
 def assert_disk_full(proc: subprocess.CompletedProcess, *fragments: str) -> str:
