@@ -141,7 +141,7 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
         print("No trial produced a model: see the error column of report.csv.", flush=True)
     else:
         top = usable[exportable].head(TOP_K)
-        tried = _try_ensemble(top, run, experiment, arrays, output)
+        tried = _try_ensemble(top, len(usable), run, experiment, arrays, output)
         chosen, chosen_by = _select(usable, exportable, run, experiment, len(arrays.classes), out, tried)
         run, best_text = _export_best(chosen, run, experiment, arrays, output, chosen_by, tried)
         summary.update(best_trial=run.best["trial_id"], best=run.best["metrics"])
@@ -153,12 +153,17 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
     return summary
 
 
-def _try_ensemble(top: pd.DataFrame, run: stored.StoredRun, experiment: Experiment, arrays: ArrayData,
-                  output: Output) -> Tried | None:
-    """The ensemble of the leaderboard's `top` trials (kept checkpoints, the best first), or None
-    when `Experiment.ensemble` is "off" or fewer than two trials could be members."""
-    if experiment.ensemble == "off" or len(top) < 2:
+def _try_ensemble(top: pd.DataFrame, produced: int, run: stored.StoredRun, experiment: Experiment,
+                  arrays: ArrayData, output: Output) -> Tried | None:
+    """The ensemble of the leaderboard's `top` trials (kept checkpoints, the best first; `produced`
+    trials produced a model), or None when `Experiment.ensemble` is "off"."""
+    if experiment.ensemble == "off":
         return None
+    if len(top) < 2:  # retention freed the others: greedy selection on their val logits weighed none of them
+        why = ("only one trial produced a model" if produced < 2 else
+               "no other top trial's checkpoint is kept: during the search, greedy selection on the ended top "
+               "trials' val logits gave no other trial a weight")
+        return Tried(list(top["trial_id"]), error=f"not kept: {why}")
     configs = {t.trial_id: t.config for t in run.trials}
     try:
         members = [Member(row["trial_id"], hparams(configs[row["trial_id"]], experiment.weights),

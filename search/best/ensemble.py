@@ -237,14 +237,19 @@ def decide(logits: np.ndarray, labels: np.ndarray, single: int, seed: int = 0, f
     ens_held, one_held, truth = ens_held[scored], one_held[scored], labels[scored]
     held = dict(held_out_loss=_nll(ens_held, truth), held_out_acc=_acc(ens_held, truth),
                 single_held_out_loss=_nll(one_held, truth), single_held_out_acc=_acc(one_held, truth))
+    kept, reason = judge(held)
+    return Decision(kept, reason, fitted, used, **held, **figures)
+
+
+def judge(held: dict[str, float]) -> tuple[bool, str]:
+    """Whether the held-out figures keep the ensemble (lower loss, no lower accuracy than the
+    best trial's), and the reason in words."""
     better = held["held_out_loss"] < held["single_held_out_loss"]
     no_worse = held["held_out_acc"] >= held["single_held_out_acc"]
     if better and no_worse:
-        reason = (f"kept: on held-out val folds its loss {held['held_out_loss']:.4g} beats the best trial's "
-                  f"{held['single_held_out_loss']:.4g}, accuracy {held['held_out_acc']:.4g} against "
-                  f"{held['single_held_out_acc']:.4g}")
-    else:
-        what = "loss" if not better else "accuracy"
-        reason = (f"not kept: on held-out val folds its {what} ({held[f'held_out_{what}']:.4g}) is not better than "
-                  f"the best trial's ({held[f'single_held_out_{what}']:.4g})")
-    return Decision(better and no_worse, reason, fitted, used, **held, **figures)
+        return True, (f"kept: on held-out val folds its loss {held['held_out_loss']:.4g} beats the best trial's "
+                      f"{held['single_held_out_loss']:.4g}, accuracy {held['held_out_acc']:.4g} against "
+                      f"{held['single_held_out_acc']:.4g}")
+    what, key = ("loss", "loss") if not better else ("accuracy", "acc")
+    return False, (f"not kept: on held-out val folds its {what} ({held[f'held_out_{key}']:.4g}) is not better than "
+                   f"the best trial's ({held[f'single_held_out_{key}']:.4g})")

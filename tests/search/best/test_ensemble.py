@@ -78,6 +78,16 @@ def test_an_ensemble_that_cannot_help_is_not_kept(case: str) -> None:
     assert not decision.kept and decision.reason.startswith("not kept"), decision
 
 
+@pytest.mark.parametrize("loss, acc, kept, says", [
+    (0.5, 0.8, True, "kept: on held-out val folds its loss 0.5 beats the best trial's 0.6, accuracy 0.8 against 0.8"),
+    (0.5, 0.7, False, "not kept: on held-out val folds its accuracy (0.7) is not better than the best trial's (0.8)"),
+    (0.6, 0.9, False, "not kept: on held-out val folds its loss (0.6) is not better than the best trial's (0.6)"),
+])
+def test_the_held_out_figures_decide_and_the_reason_says_which(loss: float, acc: float, kept: bool, says: str) -> None:
+    held = {"held_out_loss": loss, "held_out_acc": acc, "single_held_out_loss": 0.6, "single_held_out_acc": 0.8}
+    assert ensemble.judge(held) == (kept, says)
+
+
 def test_the_ensemble_outputs_the_log_of_its_weighted_calibrated_probabilities() -> None:
     torch.manual_seed(0)
     models = [create_model(3, HP.replace(cnn_width=w)).eval() for w in (4, 8)]
@@ -210,3 +220,35 @@ def test_the_experiment_names_the_setting_and_retention_keeps_the_top_trials_for
         Experiment(name="e", data=str(tmp_path), ensemble="on")
     assert reach(None, ensemble=True).top_k == reach(0.01, ensemble=True).top_k == TOP_K
     assert reach(None, ensemble=True).within is None and reach(None).top_k == 1
+
+
+def test_a_kept_ensemble_is_what_the_search_exports_reports_and_loads(ray_session, coats: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """The whole path, in-process: greedy selection made to weigh every trial and the held-out
+    test made to keep it, so the search's end exports, reports and loads the ensemble."""
+    from search import run_search
+    from search.report.__main__ import main as report_main
+    from tests.conftest import tiny_experiment
+
+    monkeypatch.setattr(ensemble, "greedy_weights", lambda probs, labels, rounds=0: np.full(len(probs), 1 / len(probs)))
+    monkeypatch.setattr(ensemble, "judge", lambda held: (True, "kept: as the test wants"))
+    result = run_search(tiny_experiment(tmp_path, coats, trials=3, epochs=2), out=tmp_path / "out", concurrency=2)
+    assert result.status == "finished"
+    out = tmp_path / "out"
+    meta = json.loads((out / "best" / "meta.json").read_text())
+    report = result.table
+    assert meta["arch"] == "ensemble" and [m["trial_id"] for m in meta["members"]] == list(report["trial_id"])
+    assert meta["ensemble"]["kept"] and meta["ensemble"]["reason"] == "kept: as the test wants"
+    assert meta["trial_id"] == report["trial_id"].iloc[0] and meta["selection"]["chosen"]["trial_id"] == "ensemble"
+    assert meta["metrics"]["val_loss"] == pytest.approx(meta["ensemble"]["val_loss"])
+    assert "file" in meta["onnx"] and meta["serving"]["onnxruntime_cpu"]["batch1_p50_ms"] > 0
+    predictor = result.best
+    assert len(predictor.model.members) == 3
+    predictions = predictor.predict(sorted(coats.glob("test/*/*"))[:6])
+    assert predictions["prediction"].notna().all()
+    np.testing.assert_allclose(predictions[meta["classes"]].sum(axis=1), 1.0, atol=1e-5)
+    page = (out / "report.md").read_text()
+    assert f"Winner: an ensemble of 3 trials led by trial {meta['trial_id']}" in page
+    assert "**Exported: the ensemble** of trials" in page
+    (out / "report.md").unlink()
+    assert report_main([str(out)]) == 0 and (out / "report.md").read_text() == page
