@@ -134,9 +134,14 @@ def ensemble_text(best: dict[str, Any], objective: str) -> str | None:
     figures = (f"val loss {ensemble['val_loss']:.4g} against the best trial's {ensemble['single_val_loss']:.4g} "
                f"(both calibrated), val accuracy {ensemble['val_acc']:.4g} against {ensemble['single_val_acc']:.4g}; "
                f"{held}")
+    single = next((row.get("batch1_p50_ms") for row in best.get("serving_top_k") or []
+                   if row.get("trial_id") == ensemble["candidates"][0]), None)
+    mine = ((best.get("serving") or {}).get("onnxruntime_cpu") or {}).get("batch1_p50_ms") if ensemble.get(
+        "exported") else (ensemble.get("serving") or {}).get("batch1_p50_ms")
+    cost = f"; batch-1 p50 {mine:.3g} ms against the best trial's {single:.3g} ms" if mine and single else ""
     if ensemble.get("exported"):
-        return f"**Exported: the ensemble** of trials {members} (weights chosen on val): {figures}."
-    return (f"The ensemble of trials {members} beat the best trial ({figures}) but was not exported: "
+        return f"**Exported: the ensemble** of trials {members} (weights chosen on val): {figures}{cost}."
+    return (f"The ensemble of trials {members} beat the best trial ({figures}{cost}) but was not exported: "
             f"the select rule chose a faster model.")
 
 

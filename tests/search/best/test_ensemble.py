@@ -249,6 +249,9 @@ def test_a_kept_ensemble_is_what_the_search_exports_reports_and_loads(ray_sessio
     np.testing.assert_allclose(predictions[meta["classes"]].sum(axis=1), 1.0, atol=1e-5)
     page = (out / "report.md").read_text()
     assert f"Winner: an ensemble of 3 trials led by trial {meta['trial_id']}" in page
-    assert "**Exported: the ensemble** of trials" in page
+    sentence = next(line for line in page.splitlines() if "**Exported: the ensemble** of trials" in line)
+    single = next(r["batch1_p50_ms"] for r in meta["serving_top_k"] if r["trial_id"] == meta["trial_id"])
+    assert f"batch-1 p50 {meta['serving']['onnxruntime_cpu']['batch1_p50_ms']:.3g} ms against the best trial's " \
+           f"{single:.3g} ms" in sentence
     (out / "report.md").unlink()
     assert report_main([str(out)]) == 0 and (out / "report.md").read_text() == page
