@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -28,40 +27,30 @@ resources=Resources(workers=1, cpus_per_worker=1),
 """
 
 
-def kill_worker_after_two_results(out: Path, done: threading.Event, killed: list[int]) -> None:
-    """SIGKILL the trial's worker once Tune holds two results: by then Train has registered
-    a checkpoint (one it has not yet taken over dies with the worker). Only this search's
-    workers: the session's Ray may still list an earlier test's as alive."""
-    from search.seam import cluster_info
-
-    earlier = {actor_id for actor_id, a in cluster_info.actors().items() if a["ActorClassName"] == "RayTrainWorker"}
-
-    deadline = time.monotonic() + 300
-    while not done.is_set() and time.monotonic() < deadline:
+def die_once_tune_holds_two_results(out: Path, marker: Path, hp, metrics: dict) -> None:
+    """An epoch hook handed to the search: the trial's worker SIGKILLs itself once, before its
+    report of epoch 3 or later, as soon as Tune holds two results: by then Train has registered
+    a checkpoint (one it has not yet taken over dies with the worker). From inside the worker, so
+    the kill cannot miss it, however fast the trial runs (a killer polling the actor list from
+    outside found it too late about one run in three)."""
+    if metrics["epoch"] < 3 or marker.exists():
+        return
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         results = list(out.glob("tune/run_trial_*/result.json"))
         if results and len(results[0].read_text().splitlines()) >= 2:
-            workers = [a for actor_id, a in cluster_info.actors().items() if a["ActorClassName"] == "RayTrainWorker"
-                       and a["State"] == "ALIVE" and actor_id not in earlier]
-            for worker in workers:
-                os.kill(worker["Pid"], signal.SIGKILL)
-                killed.append(worker["Pid"])
-            if workers:
-                return
+            break
         time.sleep(0.02)
+    marker.write_text(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_killed_worker_resumes_from_its_last_checkpoint(ray_session, coats: Path, tmp_path: Path) -> None:
     experiment = write_experiment(tmp_path, LONG_TRIAL.format(data=coats))
-    out = tmp_path / "out"
-    done, killed = threading.Event(), []
-    killer = threading.Thread(target=kill_worker_after_two_results, args=(out, done, killed))
-    killer.start()
-    try:
-        code = main([str(experiment), "--out", str(out)])
-    finally:
-        done.set()
-        killer.join()
-    assert code == 0 and killed
+    out, marker = tmp_path / "out", tmp_path / "killed.pid"
+    hook = functools.partial(die_once_tune_holds_two_results, out, marker)
+    assert main([str(experiment), "--out", str(out)], on_epoch=hook) == 0
+    assert marker.read_text().isdigit()  # the worker was killed
     report = pd.read_csv(out / "report.csv")
     assert report["status"].tolist() == ["completed"] and report["epochs"].iloc[0] == 40
     history = pd.read_json(next(out.glob("tune/run_trial_*/result.json")), lines=True)
