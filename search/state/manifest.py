@@ -33,9 +33,9 @@ from trainables.data import CACHE_VERSION, ArrayData
 
 State = Literal["running", "finished", "interrupted", "failed"]
 # What may differ between a search and its --resume: none changes what a trial computes
-# (test_time_augmentation and select act at export only).
+# (test_time_augmentation, select and ensemble act at export only, and on which checkpoints stay).
 MAY_CHANGE = {"data", "generate", "concurrency", "resources", "budget.trials", "budget.time",
-              "budget.stop_when_stalled", "test_time_augmentation", "select", "checkpoints"}
+              "budget.stop_when_stalled", "test_time_augmentation", "select", "checkpoints", "ensemble"}
 
 
 @contextmanager

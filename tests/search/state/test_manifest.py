@@ -58,6 +58,11 @@ def test_resume_is_refused_when_what_a_trial_means_changed_and_allowed_for_the_b
     grown = dataclasses.replace(EXPERIMENT, budget=Budget(trials=40), concurrency=3, data="elsewhere",
                                 resources=Resources(cpus_per_worker=2))
     manifest.check_resume(stored, grown, data_sha, "OUT")  # more trials, another cluster, moved data: fine
+    # what acts at export only: fine, and a search stored before `ensemble` existed resumes
+    exported = dataclasses.replace(EXPERIMENT, select="fastest_within=0.01", ensemble="off")
+    manifest.check_resume(stored, exported, data_sha, "OUT")
+    older = {**stored, "experiment": {k: v for k, v in stored["experiment"].items() if k != "ensemble"}}
+    manifest.check_resume(older, EXPERIMENT, data_sha, "OUT")
     resized = dataclasses.replace(EXPERIMENT, image_size_px=48)
     with pytest.raises(SpecError, match=r"image_size_px 32 -> 48"):
         manifest.check_resume(stored, resized, data_sha, "OUT")
