@@ -222,6 +222,7 @@ def test_the_experiment_names_the_setting_and_retention_keeps_the_top_trials_for
     assert reach(None, ensemble=True).within is None and reach(None).top_k == 1
 
 
+@pytest.mark.slow  # a whole search: ~30 s on 2 cores
 def test_a_kept_ensemble_is_what_the_search_exports_reports_and_loads(ray_session, coats: Path, tmp_path: Path,
                                                                       monkeypatch) -> None:
     """The whole path, in-process: greedy selection made to weigh every trial and the held-out
@@ -255,3 +256,24 @@ def test_a_kept_ensemble_is_what_the_search_exports_reports_and_loads(ray_sessio
            f"{single:.3g} ms" in sentence
     (out / "report.md").unlink()
     assert report_main([str(out)]) == 0 and (out / "report.md").read_text() == page
+
+
+@pytest.mark.slow  # EfficientNet's ONNX export: ~6 s on 2 cores
+def test_heads_on_one_frozen_backbone_export_one_backbone_and_load_back_the_same(tmp_path: Path) -> None:
+    hps = [FROZEN, FROZEN.replace(head_units=16)]
+    models = []
+    for hp in hps:
+        torch.manual_seed(0)  # one weights file
+        models.append(create_model(3, hp, load_weights=False).eval())
+    backbone_of = ensemble.shared_backbones(models, hps)
+    model = ensemble.assemble(models, backbone_of, [1.2, 0.8], [0.5, 0.5])
+    members = [{"trial_id": f"t{i}", "config": hp.to_dict(), "backbone": g, "temperature": t, "weight": 0.5}
+               for i, (hp, g, t) in enumerate(zip(hps, backbone_of, (1.2, 0.8)))]
+    export_best(tmp_path, {"model": model.state_dict(), "epoch": 1}, CLASSES, hps[0], {"val_acc": 0.5}, "t0",
+                SIZE_PX, members=members)
+    weights = torch.load(tmp_path / "best" / "model.pt", weights_only=True)
+    assert not any(key.startswith("members.") and ".backbone." in key for key in weights)  # heads only
+    assert sum(key.startswith("backbones.0.") for key in weights) == len(models[0].backbone.state_dict())
+    x = torch.randn(2, 3, SIZE_PX, SIZE_PX)
+    with torch.no_grad():
+        torch.testing.assert_close(load_best(tmp_path, "cpu").model(x), model(x))
