@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_search:
         with tempfile.TemporaryDirectory(prefix="ensemble-bench-") as folder:
             results["search"] = search_case(args.trials, Path(folder))
-    print(json.dumps(results.get("search"), indent=1, default=str))
+    if "search" in results:
+        print(json.dumps(results["search"], indent=1, default=str))
     return 0
 
 
