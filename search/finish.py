@@ -145,6 +145,8 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
         chosen, chosen_by = _select(usable, exportable, run, experiment, len(arrays.classes), out, tried)
         run, best_text = _export_best(chosen, run, experiment, arrays, output, chosen_by, tried)
         summary.update(best_trial=run.best["trial_id"], best=run.best["metrics"])
+        if run.best.get("ensemble"):  # what the notebook's result and summary.json say of it
+            summary["ensemble"] = {k: run.best["ensemble"][k] for k in ("kept", "exported", "reason", "members")}
         print(best_text, flush=True)
     stored.store(out, run)
     page = build(out, run)

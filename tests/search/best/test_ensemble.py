@@ -243,6 +243,7 @@ def test_a_kept_ensemble_is_what_the_search_exports_reports_and_loads(ray_sessio
     assert meta["trial_id"] == report["trial_id"].iloc[0] and meta["selection"]["chosen"]["trial_id"] == "ensemble"
     assert meta["metrics"]["val_loss"] == pytest.approx(meta["ensemble"]["val_loss"])
     assert "file" in meta["onnx"] and meta["serving"]["onnxruntime_cpu"]["batch1_p50_ms"] > 0
+    assert result.summary["ensemble"]["exported"] and len(result.summary["ensemble"]["members"]) == 3
     predictor = result.best
     assert len(predictor.model.members) == 3
     predictions = predictor.predict(sorted(coats.glob("test/*/*"))[:6])
