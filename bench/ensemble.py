@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -80,7 +81,7 @@ def search_case(trials: int, folder: Path) -> dict[str, Any]:
 def test_figures(out: Path, meta: dict[str, Any], test: Path) -> dict[str, float]:
     """Test accuracy and loss (no test-time augmentation) of the exported ensemble and, for this
     comparison only (the search itself never shows test/ to a model but the exported one), of
-    its best member alone, calibrated by its own temperature."""
+    the best trial alone (calibrated by its own temperature where it is a member)."""
     from search.best.loader import load_best
     from trainables.data import decode
     from trainables.folders import is_image_file
@@ -90,15 +91,20 @@ def test_figures(out: Path, meta: dict[str, Any], test: Path) -> dict[str, float
     size = int(meta["preprocess"]["resize"][0])
     files = [(p, i) for i, name in enumerate(meta["classes"]) for p in sorted((test / name).iterdir())
              if is_image_file(p)]
-    images = torch.stack([torch.as_tensor(decode(p, size)) for p, _ in files]).numpy()
+    images = np.stack([decode(p, size) for p, _ in files])
     labels = torch.tensor([i for _, i in files])
-    lead = meta["members"][0]
-    folder = next((Path(out) / "train" / f"train-{lead['trial_id']}").glob("epoch-*"))
+    from search.experiment.space import hparams
+
+    inputs = json.loads((Path(out) / "report_inputs.json").read_text())
+    best = meta["selection"]["best"]["trial_id"]  # the best trial, a member or not
+    config = next(t["config"] for t in inputs["trials"] if t["trial_id"] == best)
+    temperature = next((m["temperature"] for m in meta["members"] if m["trial_id"] == best), 1.0)
+    folder = next((Path(out) / "train" / f"train-{best}").glob("epoch-*"))
     state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-    single = restore_model(len(meta["classes"]), HParams.from_dict(lead["config"]), state)
+    single = restore_model(len(meta["classes"]), hparams(config, "none"), state)
     cpu = torch.device("cpu")
     logits = {"ensemble": predict_logits(load_best(out, "cpu").model, images, cpu) / meta["temperature"],
-              "best trial": predict_logits(single, images, cpu) / lead["temperature"]}
+              "best trial": predict_logits(single, images, cpu) / temperature}
     return {f"{name} {what}": round(value, 4) for name, z in logits.items() for what, value in (
         ("test_acc", float((z.argmax(1) == labels).float().mean())), ("test_loss", float(F.cross_entropy(z, labels))))}
 

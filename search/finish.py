@@ -209,9 +209,8 @@ def _select(usable: pd.DataFrame, exportable: list[bool], run: stored.StoredRun,
             ensemble = Candidate(ENSEMBLE_ID, 0, objective, tried.figures.get("batch1_p50_ms"))
             selection = choose([ensemble, *candidates], experiment.select, experiment.tolerance,
                                experiment.objective, experiment.mode)
-    lead = selection.best.trial_id if selection.chosen.trial_id == ENSEMBLE_ID else selection.chosen.trial_id
-    if lead == ENSEMBLE_ID:  # the ensemble has the best objective: its best member leads it
-        lead = tried.candidates[0]
+    # An exported ensemble is led by its best-ranked member (greedy selection may leave the best trial out).
+    lead = tried.members[0]["trial_id"] if selection.chosen.trial_id == ENSEMBLE_ID else selection.chosen.trial_id
     chosen = usable[usable["trial_id"] == lead].iloc[0]
     others = measure_others(rest, num_classes, experiment.image_size_px, by_graph)
     return chosen, {"selection": {**selection.to_dict(), "measure_s": seconds}, "serving_top_k": figures,

@@ -225,38 +225,49 @@ def test_the_experiment_names_the_setting_and_retention_keeps_the_top_trials_for
 @pytest.mark.slow  # a whole search: ~30 s on 2 cores
 def test_a_kept_ensemble_is_what_the_search_exports_reports_and_loads(ray_session, coats: Path, tmp_path: Path,
                                                                       monkeypatch) -> None:
-    """The whole path, in-process: greedy selection made to weigh every trial and the held-out
-    test made to keep it, so the search's end exports, reports and loads the ensemble."""
+    """The whole path, in-process: greedy selection made to weigh every trial but the best one
+    (which it may leave out) and the held-out test made to keep it, so the search's end exports,
+    reports and loads the ensemble of the other two, led by the better of them."""
     from search import run_search
     from search.report.__main__ import main as report_main
     from tests.conftest import tiny_experiment
 
-    monkeypatch.setattr(ensemble, "greedy_weights", lambda probs, labels, rounds=0: np.full(len(probs), 1 / len(probs)))
+    def all_but_the_first(probs: np.ndarray, labels: np.ndarray, rounds: int = 0) -> np.ndarray:
+        return np.ones(1) if len(probs) == 1 else np.array([0.0] + [1 / (len(probs) - 1)] * (len(probs) - 1))
+
+    monkeypatch.setattr(ensemble, "greedy_weights", all_but_the_first)
     monkeypatch.setattr(ensemble, "judge", lambda held: (True, "kept: as the test wants"))
     result = run_search(tiny_experiment(tmp_path, coats, trials=3, epochs=2), out=tmp_path / "out", concurrency=2)
     assert result.status == "finished"
     out = tmp_path / "out"
     meta = json.loads((out / "best" / "meta.json").read_text())
     report = result.table
-    assert meta["arch"] == "ensemble" and [m["trial_id"] for m in meta["members"]] == list(report["trial_id"])
+    assert meta["arch"] == "ensemble" and [m["trial_id"] for m in meta["members"]] == list(report["trial_id"][1:])
     assert meta["ensemble"]["kept"] and meta["ensemble"]["reason"] == "kept: as the test wants"
-    assert meta["trial_id"] == report["trial_id"].iloc[0] and meta["selection"]["chosen"]["trial_id"] == "ensemble"
+    assert meta["ensemble"]["candidates"] == list(report["trial_id"])  # the best kept its checkpoint: select's
+    assert meta["trial_id"] == report["trial_id"].iloc[1] and meta["selection"]["chosen"]["trial_id"] == "ensemble"
+    assert meta["selection"]["best"]["trial_id"] == report["trial_id"].iloc[0]
     assert meta["metrics"]["val_loss"] == pytest.approx(meta["ensemble"]["val_loss"])
     assert "file" in meta["onnx"] and meta["serving"]["onnxruntime_cpu"]["batch1_p50_ms"] > 0
-    assert result.summary["ensemble"]["exported"] and len(result.summary["ensemble"]["members"]) == 3
+    assert result.summary["ensemble"]["exported"] and len(result.summary["ensemble"]["members"]) == 2
     predictor = result.best
-    assert len(predictor.model.members) == 3
+    assert len(predictor.model.members) == 2
     predictions = predictor.predict(sorted(coats.glob("test/*/*"))[:6])
     assert predictions["prediction"].notna().all()
     np.testing.assert_allclose(predictions[meta["classes"]].sum(axis=1), 1.0, atol=1e-5)
     page = (out / "report.md").read_text()
-    assert f"Winner: an ensemble of 3 trials led by trial {meta['trial_id']}" in page
+    assert f"Winner: an ensemble of 2 trials led by trial {meta['trial_id']}" in page
     sentence = next(line for line in page.splitlines() if "**Exported: the ensemble** of trials" in line)
     single = next(r["batch1_p50_ms"] for r in meta["serving_top_k"] if r["trial_id"] == meta["trial_id"])
     assert f"batch-1 p50 {meta['serving']['onnxruntime_cpu']['batch1_p50_ms']:.3g} ms against the best trial's " \
            f"{single:.3g} ms" in sentence
     (out / "report.md").unlink()
     assert report_main([str(out)]) == 0 and (out / "report.md").read_text() == page
+    # bench.ensemble's comparison on test/ (the benchmark's alone) still reads this export
+    from bench.ensemble import test_figures
+
+    figures = test_figures(out, meta, coats / "test")
+    assert set(figures) == {f"{m} test_{w}" for m in ("ensemble", "best trial") for w in ("acc", "loss")}
 
 
 @pytest.mark.slow  # EfficientNet's ONNX export: ~6 s on 2 cores
