@@ -67,7 +67,9 @@ def latency_blocks(run: StoredRun, plots_dir: Path) -> list[Block]:
     others = pd.DataFrame(best.get("serving_others") or [])
     if not others.empty and "batch1_p50_ms" in others:
         others = others[others["batch1_p50_ms"].notna()]
-    path = plots.accuracy_vs_latency(timed, objective, run.facts.mode, best.get("trial_id"), limit,
+    ensemble = (best.get("ensemble") or {}) if (best.get("ensemble") or {}).get("exported") else None
+    star = None if ensemble else best.get("trial_id")  # an exported ensemble is no trial's point
+    path = plots.accuracy_vs_latency(timed, objective, run.facts.mode, star, limit,
                                      plots_dir / "accuracy_vs_latency.png", others=others)
     seconds = selection.get("measure_s")
     unmeasured = best.get("serving_unmeasured") or 0
@@ -77,7 +79,9 @@ def latency_blocks(run: StoredRun, plots_dir: Path) -> list[Block]:
                "CPU latency for one image (p50) on the machine that ran the export, each graph built with "
                "random weights (latency does not depend on them) and measured once"
                + (f", the top trials' in {seconds:.1f} s in all" if seconds is not None else "")
-               + "; the star is the exported model."
+               + ("; the exported model is the ensemble of trials "
+                  + ", ".join(m["trial_id"] for m in ensemble["members"]) + ", not a point of its own."
+                  if ensemble else "; the star is the exported model.")
                + (f" Not shown: {unmeasured} other finished trial{'s' * (unmeasured != 1)} with a graph of its own "
                   "(measuring every graph would have taken longer than the export allows for this plot)."
                   if unmeasured else "")

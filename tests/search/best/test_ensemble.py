@@ -257,6 +257,8 @@ def test_a_kept_ensemble_is_what_the_search_exports_reports_and_loads(ray_sessio
     np.testing.assert_allclose(predictions[meta["classes"]].sum(axis=1), 1.0, atol=1e-5)
     page = (out / "report.md").read_text()
     assert f"Winner: an ensemble of 2 trials led by trial {meta['trial_id']}" in page
+    members = ", ".join(m["trial_id"] for m in meta["members"])
+    assert f"the exported model is the ensemble of trials {members}, not a point of its own" in page
     sentence = next(line for line in page.splitlines() if "**Exported: the ensemble** of trials" in line)
     single = next(r["batch1_p50_ms"] for r in meta["serving_top_k"] if r["trial_id"] == meta["trial_id"])
     assert f"batch-1 p50 {meta['serving']['onnxruntime_cpu']['batch1_p50_ms']:.3g} ms against the best trial's " \
