@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.best.calibration import fit_temperature
+from search.best.calibration import fit_temperature, softmax
 from trainables.hparams import HParams
 from trainables.models import BackboneClassifier, create_model
 
@@ -144,7 +144,7 @@ def _acc(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return torch.softmax(torch.as_tensor(logits, dtype=torch.float32) / temperature, dim=1).numpy().astype(np.float64)
+    return softmax(torch.as_tensor(logits), temperature).astype(np.float64)
 
 
 def greedy_weights(probs: np.ndarray, labels: np.ndarray, rounds: int = ROUNDS) -> np.ndarray:
