@@ -79,6 +79,9 @@ class Retention:
     slimmed: set[str] = field(default_factory=set)  # ... and that checkpoint without the optimizer's state
     freed_bytes: int = 0
     logits: dict[str, np.ndarray] = field(default_factory=dict)  # trial id -> its best checkpoint's val logits
+    # The last greedy selection: (the readable top trials, best first; their weights). Most sweeps
+    # find the same top trials, whose fit (a temperature each, then greedy) would give the same weights.
+    weighed: tuple[tuple[str, ...], list[float]] = ((), [])
 
     def note(self, trial_id: str, result: dict[str, Any]) -> None:
         """Remember the folder of a trial's best report so far (the latest, on ties: as Ray Train)."""
@@ -122,7 +125,9 @@ class Retention:
         readable = [t for t in ranked if found[t] is not None]
         if len(readable) < 2:
             return set(ranked)
-        weights = fit(np.stack([found[t] for t in readable]), self.val_labels).weights
+        if self.weighed[0] != tuple(readable):
+            self.weighed = (tuple(readable), fit(np.stack([found[t] for t in readable]), self.val_labels).weights)
+        weights = self.weighed[1]
         return {t for t in ranked if found[t] is None} | {t for t, w in zip(readable, weights) if w > 0}
 
     def _val_logits(self, trial_id: str, value: float) -> np.ndarray | None:

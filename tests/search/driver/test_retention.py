@@ -125,7 +125,8 @@ def test_a_trial_that_just_ended_is_swept_once_it_had_time_to_stop(tmp_path: Pat
     assert _kept(runs["worse"]) == [] and keep.ended == {}
 
 
-def test_with_an_ensemble_the_top_trials_greedy_selection_weighs_stay_and_the_others_go(tmp_path: Path) -> None:
+def test_with_an_ensemble_the_top_trials_greedy_selection_weighs_stay_and_the_others_go(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
     """Of the top 5 ended trials, those the ensemble's greedy selection would use, fitted on the
     val logits their best checkpoints keep; one whose logits cannot be read stays too."""
     from tests.search.best.test_ensemble import two_experts
@@ -149,6 +150,11 @@ def test_with_an_ensemble_the_top_trials_greedy_selection_weighs_stay_and_the_ot
     kept = {t for t, run in runs.items() if _kept(run)}
     assert kept == {"a", "b", "old"}
     assert VAL_LOGITS in _state(runs["a"] / "epoch-0001")  # the export chooses from them again
+    # A later sweep with the same top trials weighs them again without fitting again.
+    monkeypatch.setattr("search.driver.retention.fit", lambda *args: pytest.fail("fitted again"))
+    retention.sweep(final=True)
+    assert {t for t, run in runs.items() if _kept(run)} == {"a", "b", "old"}
+    monkeypatch.undo()
     # With ensemble="off", only select's reach counts: the best alone.
     runs = {t: _folders(tmp_path / "off", t, range(1, 2)) for t in values}
     off = Retention.of(Experiment(name="s", data=str(tmp_path), ensemble="off"),
