@@ -140,10 +140,10 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
     if not any(exportable):
         print("No trial produced a model: see the error column of report.csv.", flush=True)
     else:
-        top = usable[exportable].head(TOP_K)
-        tried = _try_ensemble(top, len(usable), run, experiment, arrays, output)
+        top, loaded = usable[exportable].head(TOP_K), {}
+        tried = _try_ensemble(top, len(usable), run, experiment, arrays, output, loaded)
         chosen, chosen_by = _select(usable, exportable, run, experiment, len(arrays.classes), out, tried)
-        run, best_text = _export_best(chosen, run, experiment, arrays, output, chosen_by, tried)
+        run, best_text = _export_best(chosen, run, experiment, arrays, output, chosen_by, tried, loaded)
         summary.update(best_trial=run.best["trial_id"], best=run.best["metrics"])
         if run.best.get("ensemble"):  # what the notebook's result and summary.json say of it
             summary["ensemble"] = {k: run.best["ensemble"][k] for k in ("kept", "exported", "reason", "members")}
@@ -155,10 +155,19 @@ def finish(grids: list[tune.ResultGrid], experiment: Experiment, arrays: ArrayDa
     return summary
 
 
+def _checkpoint_state(output: Output, path: str, loaded: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The state a reported checkpoint holds, read once per finish (`loaded`, by path): the
+    ensemble's candidates and the exported trial share it."""
+    if path not in loaded:
+        loaded[path] = load_state(output, output.checkpoint(path), STATE_FILE)
+    return loaded[path]
+
+
 def _try_ensemble(top: pd.DataFrame, produced: int, run: stored.StoredRun, experiment: Experiment,
-                  arrays: ArrayData, output: Output) -> Tried | None:
+                  arrays: ArrayData, output: Output, loaded: dict[str, dict[str, Any]]) -> Tried | None:
     """The ensemble of the leaderboard's `top` trials (kept checkpoints, the best first; `produced`
-    trials produced a model), or None when `Experiment.ensemble` is "off"."""
+    trials produced a model), or None when `Experiment.ensemble` is "off". `loaded`: see
+    `_checkpoint_state`."""
     if experiment.ensemble == "off":
         return None
     if len(top) < 2:  # retention freed the others: greedy selection on their val logits weighed none of them
@@ -169,7 +178,7 @@ def _try_ensemble(top: pd.DataFrame, produced: int, run: stored.StoredRun, exper
     configs = {t.trial_id: t.config for t in run.trials}
     try:
         members = [Member(row["trial_id"], hparams(configs[row["trial_id"]], experiment.weights),
-                          load_state(output, output.checkpoint(row["checkpoint_path"]), STATE_FILE))
+                          _checkpoint_state(output, row["checkpoint_path"], loaded))
                    for _, row in top.iterrows()]
     except Exception as err:  # noqa: BLE001 (a member's checkpoint unreadable: the single trial goes out)
         return Tried(list(top["trial_id"]), error=f"not tried: {type(err).__name__}: {err}"[:300])
@@ -218,15 +227,16 @@ def _select(usable: pd.DataFrame, exportable: list[bool], run: stored.StoredRun,
 
 
 def _export_best(best: pd.Series, run: stored.StoredRun, experiment: Experiment, arrays: ArrayData,
-                 output: Output, chosen_by: dict[str, Any], tried: Tried | None = None) -> tuple[stored.StoredRun, str]:
+                 output: Output, chosen_by: dict[str, Any], tried: Tried | None,
+                 loaded: dict[str, dict[str, Any]]) -> tuple[stored.StoredRun, str]:
     """Export the chosen trial's model, or the ensemble of the top trials that `best` leads
-    (`chosen_by`: why, see `_select`; `tried`: the ensemble), evaluate it on test/; the run with
-    its results, and what to print."""
+    (`chosen_by`: why, see `_select`; `tried`: the ensemble; `loaded`: see `_checkpoint_state`),
+    evaluate it on test/; the run with its results, and what to print."""
     config = next(t.config for t in run.trials if t.trial_id == best["trial_id"])
     hp = hparams(config, experiment.weights)
     metrics = {k: float(best[k]) for k in ("val_acc", "val_loss", "train_acc", "train_loss")}
     metrics["epochs_run"] = int(best["epochs"])
-    state = load_state(output, output.checkpoint(best["checkpoint_path"]), STATE_FILE)
+    state = _checkpoint_state(output, best["checkpoint_path"], loaded)
     as_ensemble = chosen_by["selection"]["chosen"]["trial_id"] == ENSEMBLE_ID and tried is not None and tried.kept
     if as_ensemble:
         model, members = tried.model, tried.members
